@@ -1,0 +1,5 @@
+import sys
+
+from s3kit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""``s3kit extract``: write an upstream's per-utterance features to disk (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _layers(text: str) -> list[int] | None:
+    if text in ("all", ""):
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layers takes comma-separated integers or 'all', got {text!r}")
+
+
+def register(sub) -> None:
+    from s3kit.extract import ExtractConfig
+
+    d = ExtractConfig()
+    p = sub.add_parser(
+        "extract",
+        help="extract per-utterance features of an upstream",
+        description="Write the chosen layers of an upstream for every utterance of a manifest as fp16 "
+        "safetensors shards; rerunning skips utterances already done.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--upstream", required=True, help="classical feature name, s3kit checkpoint, transformers dir or hub id")
+    p.add_argument("--manifest", required=True, help="lhotse CutSet manifest (.jsonl.gz)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--layers", type=_layers, default=d.layers, help="comma-separated layer indices (0 = input to layer 1), or 'all'")
+    p.add_argument("--pool", choices=["mean", "none"], default=d.pool, help="'mean': time-average per layer; 'none': frame features")
+    p.add_argument("--max-duration", type=float, default=d.max_duration, help="seconds of audio per batch")
+    p.add_argument("--dtype", choices=["float16", "float32"], default=d.dtype)
+    p.add_argument("--device", default=d.device, help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from s3kit.extract import ExtractConfig, extract
+    from s3kit.upstream import load_upstream
+
+    cfg = ExtractConfig(layers=args.layers, pool=args.pool, max_duration=args.max_duration, dtype=args.dtype, device=args.device)
+    out = extract(load_upstream(args.upstream), args.manifest, args.out, cfg)
+    print(f"features written to {out}")
+    return 0

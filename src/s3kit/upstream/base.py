@@ -1,0 +1,74 @@
+"""The upstream protocol: waveforms in, one tensor per layer out.
+
+Dimension legend: ``B`` batch, ``S`` samples, ``T`` frames, ``D`` features, ``L`` layers.
+
+``states[0]`` is the input of the first transformer layer (CNN / feature-projection output,
+or the feature itself for classical upstreams) and ``states[i]`` the output of layer ``i``,
+so "HuBERT layer 9" is ``states[9]`` everywhere in s3kit.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Hidden:
+    """What every upstream returns.
+
+    states: L+1 tensors ``[B, T, D]`` (padded frames beyond ``lengths`` are undefined).
+    lengths: ``[B]`` valid frames per item.
+    frame_rate: frames per second (50.0 for a 20 ms hop).
+    """
+
+    states: list[Tensor]
+    lengths: Tensor
+    frame_rate: float
+
+    @property
+    def mask(self) -> Tensor:
+        """``[B, T]`` bool, True on valid frames."""
+        T = self.states[0].shape[1]
+        return torch.arange(T, device=self.lengths.device)[None, :] < self.lengths[:, None]
+
+    def pooled(self, layers: list[int] | None = None) -> Tensor:
+        """Mean over valid frames per layer: ``[B, L', D]`` for the chosen layers (all by default)."""
+        layers = list(range(len(self.states))) if layers is None else layers
+        m = self.mask.unsqueeze(-1).to(self.states[0].dtype)  # (B, T, 1)
+        denom = m.sum(1).clamp_min(1.0)
+        return torch.stack([(self.states[i] * m).sum(1) / denom for i in layers], dim=1)
+
+
+class Upstream(nn.Module, abc.ABC):
+    """Base class: subclasses implement ``forward(wavs [B, S], lengths [B]) -> Hidden``.
+
+    Attributes every upstream sets: ``name``, ``frame_rate`` (Hz), ``num_layers`` (len of
+    ``states``), ``hidden_sizes`` (D of each state).
+    """
+
+    name: str = "upstream"
+    frame_rate: float = 50.0
+    hidden_sizes: list[int]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.hidden_sizes)
+
+    @abc.abstractmethod
+    def num_frames(self, lengths: Tensor) -> Tensor:
+        """Valid frames ``[B]`` for ``lengths`` samples ``[B]``."""
+
+    @abc.abstractmethod
+    def forward(self, wavs: Tensor, lengths: Tensor | None = None) -> Hidden:
+        """``wavs [B, S]`` float at 16 kHz, ``lengths [B]`` samples -> :class:`Hidden`."""
+
+
+def full_lengths(wavs: Tensor, lengths: Tensor | None) -> Tensor:
+    """``lengths`` or, when None, every item at full length ``[B]``."""
+    if lengths is None:
+        return torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
+    return lengths.to(device=wavs.device, dtype=torch.long)
