@@ -1,0 +1,96 @@
+"""``s3kit data``: prepare real corpora, take seeded subsets, make speaker-disjoint splits.
+
+    s3kit data prepare <corpus> ROOT OUT        # OUT/<corpus>_<split>.jsonl.gz (docs/data.md)
+    s3kit data subset IN OUT --fraction 0.1 --key keyword --seed 0
+    s3kit data split IN OUTDIR --seed 0         # OUTDIR/{train,dev,test}.jsonl.gz, no shared speaker
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+
+SPLIT_NAMES = ("train", "dev", "test")
+
+
+def _defaults(fn) -> dict:
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def register(subparsers) -> None:
+    from s3kit.data.recipes import CORPORA
+    from s3kit.data.subsets import speaker_disjoint_split, stratified_subset
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = subparsers.add_parser("data", help="prepare corpora as lhotse manifests; subsets; splits", formatter_class=fmt)
+    sub = parser.add_subparsers(dest="data_command", required=True)
+
+    p = sub.add_parser("prepare", help="a real corpus -> OUT/<corpus>_<split>.jsonl.gz", formatter_class=fmt)
+    p.add_argument("corpus", choices=sorted(CORPORA))
+    p.add_argument("root", help="the corpus folder as unpacked (SpEAT: a CSV or a folder of CSVs)")
+    p.add_argument("out", help="folder for the manifests")
+    p.add_argument("--force", action="store_true", help="rebuild manifests that already exist")
+    p.add_argument("--version", default=None, help="speechcommands*: dataset version 1 or 2 (default 1)")
+    p.add_argument("--name", default=None, help="noise: manifest name prefix (default noise)")
+    p.add_argument("--test-sessions", type=int, nargs="+", default=None, help="iemocap: folds to write (default all present)")
+    p.set_defaults(func=run_prepare)
+
+    d = _defaults(stratified_subset)
+    p = sub.add_parser("subset", help="a seeded, stratified fraction of a manifest", formatter_class=fmt)
+    p.add_argument("input", help="manifest (*.jsonl.gz)")
+    p.add_argument("output", help="manifest to write")
+    p.add_argument("--fraction", type=float, required=True, help="e.g. 0.01, 0.05, 0.1")
+    p.add_argument("--key", default=d["key"], help="label to stratify by; 'none' for a plain random subset")
+    p.add_argument("--seed", type=int, default=d["seed"])
+    p.set_defaults(func=run_subset)
+
+    d = _defaults(speaker_disjoint_split)
+    p = sub.add_parser("split", help="speaker-disjoint train/dev/test manifests", formatter_class=fmt)
+    p.add_argument("input", help="manifest (*.jsonl.gz)")
+    p.add_argument("outdir", help="writes OUTDIR/{train,dev,test}.jsonl.gz")
+    p.add_argument("--fractions", type=float, nargs=3, default=list(d["fractions"]), metavar=("TRAIN", "DEV", "TEST"))
+    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--key", default=d["key"], help="label holding the speaker")
+    p.set_defaults(func=run_split)
+
+
+def run_prepare(args) -> int:
+    from s3kit.data.recipes import prepare
+
+    options = {"force": args.force}
+    if args.version is not None:
+        options["version"] = args.version
+    if args.name is not None:
+        options["name"] = args.name
+    if args.test_sessions is not None:
+        options["test_sessions"] = args.test_sessions
+    splits = prepare(args.corpus, args.root, args.out, **options)
+    for split, cuts in splits.items():
+        print(f"{args.corpus} {split}: {len(cuts)} cuts")
+    return 0
+
+
+def run_subset(args) -> int:
+    from s3kit.data.manifest import load_cuts, save_cuts
+    from s3kit.data.subsets import stratified_subset
+
+    cuts = load_cuts(args.input)
+    key = None if str(args.key).lower() == "none" else args.key
+    subset = stratified_subset(cuts, args.fraction, key=key, seed=args.seed)
+    save_cuts(subset, args.output)
+    print(f"{args.output}: {len(subset)} of {len(cuts)} cuts")
+    return 0
+
+
+def run_split(args) -> int:
+    from pathlib import Path
+
+    from s3kit.data.manifest import load_cuts, save_cuts
+    from s3kit.data.subsets import speaker_disjoint_split
+
+    cuts = load_cuts(args.input)
+    parts = speaker_disjoint_split(cuts, fractions=args.fractions, seed=args.seed, key=args.key)
+    for name, part in zip(SPLIT_NAMES, parts):
+        path = save_cuts(part, Path(args.outdir) / f"{name}.jsonl.gz")
+        print(f"{path}: {len(part)} cuts")
+    return 0
