@@ -1,0 +1,1 @@
+"""Evaluation: SpEAT bias tests, isotropy, t-SNE, utterance embeddings."""
