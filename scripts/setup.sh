@@ -6,13 +6,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-if ! command -v flite >/dev/null 2>&1 || ! command -v espeak-ng >/dev/null 2>&1; then
+# Debian packages: TTS voices for the synthetic corpus, a headless browser for the report test.
+missing=()
+command -v flite >/dev/null 2>&1 || missing+=(flite)
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v chromium-headless-shell >/dev/null 2>&1 || command -v chromium >/dev/null 2>&1 || missing+=(chromium-headless-shell)
+if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "[setup] installing flite and espeak-ng with apt-get"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite espeak-ng >/dev/null) \
-      || echo "[setup] warning: apt-get failed; s3kit will use the espeak-ng wheel only (fewer voices)"
+    echo "[setup] installing ${missing[*]} with apt-get"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+      || echo "[setup] warning: apt-get failed; fewer TTS voices (espeak-ng wheel only) and no browser test"
   else
-    echo "[setup] note: flite/espeak-ng not found and apt-get unavailable; install them for more TTS voices"
+    echo "[setup] note: ${missing[*]} not found and apt-get unavailable (run as root, or install them yourself)"
   fi
 fi
 
