@@ -1,0 +1,144 @@
+"""SUPERB probing heads on top of a frozen upstream (s3prl legacy downstreams, REFERENCE-NOTES §F.2).
+
+Dimension legend: ``B`` batch, ``L`` layers, ``T`` frames, ``D`` upstream width, ``P`` projector
+width (256), ``C`` classes, ``V`` CTC vocabulary (index 0 = blank), ``K`` intent slots.
+
+Every head starts with s3prl's ``projector = nn.Linear(upstream_dim, 256)``:
+
+* utterance tasks (KS, IC, SID, ER): projector -> mean over valid frames -> ``Linear(P, C)``.
+  The projector is affine, so ``mean_t(W x_t + b) = W mean_t(x_t) + b``: the head takes the
+  already time-averaged features ``[B, D]`` and is exactly s3prl's ``MeanPoolingLinear``;
+* PR: projector -> frame-level ``Linear(P, V)``, CTC (s3prl ``FrameLevelLinear``);
+* ASR: projector -> 2-layer BLSTM -> ``Linear(2H, V)``, CTC (SUPERB ASR; rewiring paper App. A).
+
+:class:`WeightedSum` is s3prl's ``Featurizer``: softmax-normalised weights over the hidden
+states, initialised to zero (= a uniform average), or one fixed layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PROJECTOR_DIM = 256  # s3prl: every legacy downstream projects the upstream to 256 dims first
+BLANK = 0  # CTC blank index in every s3kit vocabulary
+
+
+class WeightedSum(nn.Module):
+    """Softmax-weighted sum over layer axis 1: ``[B, L, ...] -> [B, ...]``; or one fixed layer.
+
+    ``layer`` selects index ``layer`` of the L given states with no parameters.
+    """
+
+    def __init__(self, num_layers: int, layer: int | None = None):
+        super().__init__()
+        self.num_layers = num_layers
+        self.layer = layer
+        if layer is None:
+            self.weights = nn.Parameter(torch.zeros(num_layers))
+        elif not 0 <= layer < num_layers:
+            raise ValueError(f"layer {layer} out of range for {num_layers} states")
+
+    def normalized(self) -> Tensor:
+        """``[L]`` layer weights summing to one (one-hot for a fixed layer)."""
+        if self.layer is not None:
+            return F.one_hot(torch.tensor(self.layer), self.num_layers).float()
+        return self.weights.softmax(dim=0)
+
+    def forward(self, states: Tensor) -> Tensor:
+        if states.shape[1] != self.num_layers:
+            raise ValueError(f"expected {self.num_layers} layers on axis 1, got shape {tuple(states.shape)}")
+        if self.layer is not None:
+            return states[:, self.layer]
+        w = self.weights.softmax(dim=0).to(states.dtype)
+        return torch.einsum("bl...,l->b...", states, w)
+
+
+class UtteranceHead(nn.Module):
+    """``Linear(D, P) -> Linear(P, C)`` on time-averaged features ``[B, D] -> [B, C]``."""
+
+    def __init__(self, in_dim: int, num_classes: int, proj_dim: int = PROJECTOR_DIM):
+        super().__init__()
+        self.projector = nn.Linear(in_dim, proj_dim)
+        self.linear = nn.Linear(proj_dim, num_classes)
+
+    def forward(self, pooled: Tensor, lengths: Tensor | None = None) -> Tensor:
+        return self.linear(self.projector(pooled))
+
+
+class FrameCTCHead(nn.Module):
+    """``Linear(D, P) -> Linear(P, V)`` per frame: ``[B, T, D] -> [B, T, V]`` logits."""
+
+    def __init__(self, in_dim: int, vocab_size: int, proj_dim: int = PROJECTOR_DIM):
+        super().__init__()
+        self.projector = nn.Linear(in_dim, proj_dim)
+        self.linear = nn.Linear(proj_dim, vocab_size)
+
+    def forward(self, frames: Tensor, lengths: Tensor | None = None) -> Tensor:
+        return self.linear(self.projector(frames))
+
+
+class BLSTMCTCHead(nn.Module):
+    """``Linear(D, P) -> BLSTM x layers (H per direction) -> Linear(2H, V)``: ``[B, T, D] -> [B, T, V]``.
+
+    s3prl's SUPERB ASR downstream uses 2 bidirectional layers of 1024 units with dropout 0.2.
+    """
+
+    def __init__(self, in_dim: int, vocab_size: int, proj_dim: int = PROJECTOR_DIM, hidden: int = 1024,
+                 layers: int = 2, dropout: float = 0.2):
+        super().__init__()
+        self.projector = nn.Linear(in_dim, proj_dim)
+        self.lstm = nn.LSTM(proj_dim, hidden, num_layers=layers, bidirectional=True, batch_first=True,
+                            dropout=dropout if layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(2 * hidden, vocab_size)
+
+    def forward(self, frames: Tensor, lengths: Tensor) -> Tensor:
+        x = self.projector(frames)  # (B, T, P)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu().clamp_min(1), batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])  # (B, T, 2H)
+        return self.linear(self.dropout(out))
+
+
+class ProbeModel(nn.Module):
+    """Layer weighting + task head. ``states``: ``[B, L, D]`` (utterance) or ``[B, L, T, D]`` (frames)."""
+
+    def __init__(self, featurizer: WeightedSum, head: nn.Module):
+        super().__init__()
+        self.featurizer = featurizer
+        self.head = head
+
+    def forward(self, states: Tensor, lengths: Tensor | None = None) -> Tensor:
+        return self.head(self.featurizer(states), lengths)
+
+
+def slot_cross_entropy(logits: Tensor, targets: Tensor, slot_sizes: Sequence[int]) -> Tensor:
+    """IC loss: cross-entropy summed over slots, each averaged over the batch (s3prl fluent_commands).
+
+    ``logits [B, sum(slot_sizes)]`` (slots concatenated), ``targets [B, K]`` class per slot -> scalar.
+    """
+    if targets.shape[1] != len(slot_sizes) or logits.shape[1] != sum(slot_sizes):
+        raise ValueError(f"slot_cross_entropy: logits {tuple(logits.shape)}, targets {tuple(targets.shape)}, "
+                         f"slots {list(slot_sizes)} do not fit")
+    parts = logits.split(list(slot_sizes), dim=1)
+    return sum(F.cross_entropy(p, targets[:, k]) for k, p in enumerate(parts))
+
+
+def slot_argmax(logits: Tensor, slot_sizes: Sequence[int]) -> Tensor:
+    """Predicted class per slot: ``[B, sum(slot_sizes)] -> [B, K]``."""
+    return torch.stack([p.argmax(dim=1) for p in logits.split(list(slot_sizes), dim=1)], dim=1)
+
+
+def ctc_loss(logits: Tensor, lengths: Tensor, targets: list[Tensor]) -> Tensor:
+    """CTC with blank 0, per-item loss divided by target length then averaged, infinities zeroed
+    (``nn.CTCLoss(zero_infinity=True)`` as in s3prl). ``logits [B, T, V]``, ``lengths [B]``,
+    ``targets``: B tensors of token ids (no blanks) -> scalar."""
+    log_probs = logits.float().log_softmax(dim=-1).transpose(0, 1)  # (T, B, V)
+    target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
+    flat = torch.cat(list(targets)).long() if targets else torch.zeros(0, dtype=torch.long)
+    return F.ctc_loss(log_probs, flat.to(logits.device), lengths.cpu(), target_lengths, blank=BLANK,
+                      reduction="mean", zero_infinity=True)

@@ -1,0 +1,543 @@
+"""SUPERB-style probing of a frozen upstream: KS, IC, SID, ER (mean-pool + linear), PR (linear
+CTC), ASR (BLSTM CTC); learned layer weights; low-resource fractions; updates-to-best.
+
+Dimension legend: ``N`` utterances, ``B`` batch, ``L`` layers, ``T`` frames, ``D`` width,
+``K`` intent slots, ``V`` CTC vocabulary (0 = blank).
+
+Protocol (s3prl SUPERB configs, REFERENCE-NOTES §F.2; rewiring paper §4 and App. A/B):
+the upstream is frozen and run once (:mod:`s3kit.eval.features_cache`); the probe is a
+softmax-weighted sum of all hidden states (or one chosen layer), a 256-d projector and the
+task head, trained with Adam at a constant learning rate, gradient clipping 1, effective
+batch 32. Every ``eval_every`` updates the dev metric is computed; the best dev checkpoint
+is scored on test, and the update at which dev peaked is reported as **updates-to-best**
+(the rewiring paper's convergence measure, its Table 2). ``lr_sweep`` trains one probe per
+learning rate of a log-scale grid and keeps the best on dev (SUPERB scores swing with the
+learning rate: HuBERT SID 67 % at 1e-4 vs 81 % at 1e-1, s3prl #268).
+
+Label vocabularies are built from train + dev + test, so the output layer has a row for
+every class even when a low-resource subset drops one (such classes are simply never learned).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from s3kit.data.manifest import get_label, load_cuts
+from s3kit.eval import metrics
+from s3kit.eval.features_cache import CachedFeatures, extract_features, upstream_identity
+from s3kit.eval.heads import (
+    BLANK, PROJECTOR_DIM, BLSTMCTCHead, FrameCTCHead, ProbeModel, UtteranceHead, WeightedSum, ctc_loss,
+    slot_argmax, slot_cross_entropy,
+)
+
+INTENT_SLOTS = ("action", "object", "location")  # Fluent Speech Commands: accuracy needs all three
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One SUPERB task: label key, head kind, metric and s3prl's default lr / steps / eval interval."""
+
+    label: str
+    kind: Literal["utterance", "intent", "phones", "chars"]
+    metric: str
+    lr: float
+    max_updates: int
+    eval_every: int
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric == "accuracy"
+
+    @property
+    def pooled(self) -> bool:
+        return self.kind in ("utterance", "intent")
+
+
+# s3prl legacy downstream configs (REFERENCE-NOTES §F.2 table); ASR = s3prl asr/config.yaml
+# (lr 1e-4, 200k steps, eval every 2000).
+TASKS: dict[str, TaskSpec] = {
+    "ks": TaskSpec("keyword", "utterance", "accuracy", 1e-4, 200_000, 5000),
+    "ic": TaskSpec("intent", "intent", "accuracy", 1e-4, 200_000, 5000),
+    "sid": TaskSpec("speaker", "utterance", "accuracy", 1e-4, 200_000, 5000),
+    "er": TaskSpec("emotion", "utterance", "accuracy", 1e-4, 30_000, 1000),
+    "pr": TaskSpec("phones", "phones", "per", 1e-2, 100_000, 1000),
+    "asr": TaskSpec("text", "chars", "wer", 1e-4, 200_000, 2000),
+}
+
+# s3prl maintainers swept 1e-1 .. 1e-7 on a log scale (s3prl #498).
+LR_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Probe options; ``None`` for lr / max_updates / eval_every means the task's s3prl default.
+
+    Args:
+        layer: probe one hidden state (index into the upstream's states) instead of the weighted sum.
+        cache_layers: states to cache (all by default); ``layer`` must be one of them.
+        fraction: stratified seeded fraction of train (1 %, 5 %, 10 % in the rewiring paper).
+        patience: stop after this many dev evaluations without improvement (None: run all updates).
+        lr_sweep: train at every lr of ``lr_grid`` and keep the best on dev.
+    """
+
+    lr: float | None = None
+    max_updates: int | None = None
+    eval_every: int | None = None
+    batch_size: int = 32  # s3prl: effective batch 32 for every task (batch x accumulation)
+    grad_clip: float = 1.0
+    proj_dim: int = PROJECTOR_DIM
+    layer: int | None = None
+    cache_layers: list[int] | None = None
+    fraction: float = 1.0
+    seed: int = 0
+    patience: int | None = None
+    lr_sweep: bool = False
+    lr_grid: list[float] = field(default_factory=lambda: list(LR_GRID))
+    lstm_hidden: int = 1024  # SUPERB ASR: 2 BLSTM layers of 1024 units, dropout 0.2
+    lstm_layers: int = 2
+    lstm_dropout: float = 0.2
+    cache_dir: str = "~/.cache/s3kit/features"
+    checkpoint_dir: str | None = None
+    device: str = "auto"
+    max_duration: float = 60.0  # seconds of audio per upstream batch during feature extraction
+    progress: bool = True
+
+    def __post_init__(self):
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction={self.fraction}: must be in (0, 1] (e.g. 0.01, 0.05, 0.1, 1.0)")
+        if self.batch_size < 1 or (self.max_updates is not None and self.max_updates < 1):
+            raise ValueError("batch_size and max_updates must be >= 1")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr={self.lr}: must be > 0")
+
+
+@dataclass
+class ProbeResult:
+    """One probe: test score at the best dev checkpoint, and how it got there."""
+
+    task: str
+    upstream: str
+    metric: str
+    higher_is_better: bool
+    test: float
+    dev: float
+    updates_to_best: int
+    updates: int
+    lr: float
+    fraction: float
+    seed: int
+    num_train: int
+    layers: list[int]
+    layer_weights: list[float]
+    curve: list[tuple[int, float]]  # (update, dev metric) at each evaluation
+    sweep: list[dict] = field(default_factory=list)  # per-lr {lr, dev, test, updates_to_best} under lr_sweep
+    checkpoint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------- labels
+
+
+def _require(cut, key: str, where: str):
+    value = get_label(cut, key)
+    if value is None or value == "":
+        raise ValueError(f"{where}: cut {cut.id!r} has no {key!r} label (expected on its first supervision)")
+    return value
+
+
+def _intent_slots(value, cut_id: str) -> tuple[str, ...]:
+    if not isinstance(value, dict) or any(s not in value for s in INTENT_SLOTS):
+        raise ValueError(f"cut {cut_id!r}: 'intent' must be a dict with keys {INTENT_SLOTS}, got {value!r}")
+    return tuple(str(value[s]) for s in INTENT_SLOTS)
+
+
+def _tokens(spec: TaskSpec, value) -> list[str]:
+    if spec.kind == "phones":
+        return str(value).split()
+    return list(" ".join(str(value).split()))  # characters, whitespace runs -> one space
+
+
+class Labels:
+    """Maps cuts to targets for one task; vocabularies from every split (see module docstring)."""
+
+    def __init__(self, spec: TaskSpec, splits: dict[str, Any]):
+        self.spec = spec
+        values = {name: [_require(c, spec.label, name) for c in cuts] for name, cuts in splits.items()}
+        every = [v for vs in values.values() for v in vs]
+        if spec.kind == "utterance":
+            self.classes = sorted({str(v) for v in every})
+            self.index = {c: i for i, c in enumerate(self.classes)}
+        elif spec.kind == "intent":
+            slots = [_intent_slots(get_label(c, spec.label), c.id) for cuts in splits.values() for c in cuts]
+            self.slot_classes = [sorted({s[k] for s in slots}) for k in range(len(INTENT_SLOTS))]
+            self.slot_index = [{c: i for i, c in enumerate(cl)} for cl in self.slot_classes]
+        else:
+            self.vocab = sorted({t for v in every for t in _tokens(spec, v)})
+            self.token_id = {t: i + 1 for i, t in enumerate(self.vocab)}  # 0 is the CTC blank
+
+    @property
+    def output_size(self) -> int:
+        if self.spec.kind == "utterance":
+            return len(self.classes)
+        if self.spec.kind == "intent":
+            return sum(self.slot_sizes)
+        return len(self.vocab) + 1
+
+    @property
+    def slot_sizes(self) -> list[int]:
+        return [len(c) for c in self.slot_classes]
+
+    def vocabulary(self) -> dict[str, Any]:
+        """What the output units mean, saved with each checkpoint."""
+        if self.spec.kind == "utterance":
+            return {"classes": self.classes}
+        if self.spec.kind == "intent":
+            return {"slots": dict(zip(INTENT_SLOTS, self.slot_classes))}
+        return {"blank": BLANK, "tokens": self.vocab}  # token i + 1 = vocab[i]
+
+    def target(self, cut):
+        value = _require(cut, self.spec.label, "manifest")
+        if self.spec.kind == "utterance":
+            return self.index[str(value)]
+        if self.spec.kind == "intent":
+            return [self.slot_index[k][s] for k, s in enumerate(_intent_slots(value, cut.id))]
+        return torch.tensor([self.token_id[t] for t in _tokens(self.spec, value)], dtype=torch.long)
+
+    def reference(self, cut) -> str:
+        value = _require(cut, self.spec.label, "manifest")
+        return " ".join(_tokens(self.spec, value)) if self.spec.kind == "phones" else " ".join(str(value).split())
+
+    def decode(self, ids: list[int]) -> str:
+        toks = [self.vocab[i - 1] for i in ids if i != BLANK]
+        return " ".join(toks) if self.spec.kind == "phones" else "".join(toks)
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+class _Split:
+    """Cached features + targets of one split, served in batches."""
+
+    def __init__(self, cuts, feats: CachedFeatures, labels: Labels):
+        self.cuts = list(cuts)
+        self.ids = [c.id for c in self.cuts]
+        missing = [i for i in self.ids if i not in feats]
+        if missing:
+            raise KeyError(f"{len(missing)} cuts missing from feature cache {feats.directory} (e.g. {missing[0]})")
+        self.feats = feats
+        self.labels = labels
+        self.pooled = feats.pooled
+        self.targets = [labels.target(c) for c in self.cuts]
+        self.refs = [labels.reference(c) for c in self.cuts] if not labels.spec.pooled else None
+        self.x = feats.stacked(self.ids) if self.pooled else None  # (N, L, D), small: kept in memory
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, index: list[int], device) -> tuple[Tensor, Tensor | None, Any]:
+        """``(states, lengths, targets)``: states ``[B, L, D]`` or ``[B, L, T, D]`` (zero-padded)."""
+        if self.pooled:
+            y = torch.tensor([self.targets[i] for i in index], dtype=torch.long)
+            return self.x[index].to(device), None, y.to(device)
+        items = [self.feats.get(self.ids[i]) for i in index]  # each (L, T_i, D)
+        lengths = torch.tensor([it.shape[1] for it in items], dtype=torch.long)
+        states = torch.zeros(len(items), items[0].shape[0], int(lengths.max()), items[0].shape[2])
+        for b, it in enumerate(items):
+            states[b, :, : it.shape[1]] = it
+        return states.to(device), lengths.to(device), [self.targets[i] for i in index]
+
+
+# ----------------------------------------------------------------------------------- model / eval
+
+
+def build_probe(spec: TaskSpec, labels: Labels, num_layers: int, dim: int, cfg: ProbeConfig,
+                layer_index: int | None) -> ProbeModel:
+    """Weighted sum (or fixed layer) + the task's head."""
+    featurizer = WeightedSum(num_layers, layer=layer_index)
+    if spec.pooled:
+        head = UtteranceHead(dim, labels.output_size, cfg.proj_dim)
+    elif spec.kind == "phones":
+        head = FrameCTCHead(dim, labels.output_size, cfg.proj_dim)
+    else:
+        head = BLSTMCTCHead(dim, labels.output_size, cfg.proj_dim, cfg.lstm_hidden, cfg.lstm_layers, cfg.lstm_dropout)
+    return ProbeModel(featurizer, head)
+
+
+def _loss(spec: TaskSpec, labels: Labels, logits: Tensor, lengths, targets) -> Tensor:
+    if spec.kind == "utterance":
+        return nn.functional.cross_entropy(logits, targets)
+    if spec.kind == "intent":
+        return slot_cross_entropy(logits, targets, labels.slot_sizes)
+    return ctc_loss(logits, lengths, targets)
+
+
+@torch.no_grad()
+def evaluate(model: ProbeModel, split: _Split, spec: TaskSpec, labels: Labels, device, batch_size: int = 32) -> float:
+    """The task metric of ``model`` on ``split`` (accuracy, or PER / WER as a fraction)."""
+    was = model.training
+    model.eval()
+    preds, hyps = [], []
+    for start in range(0, len(split), batch_size):
+        index = list(range(start, min(start + batch_size, len(split))))
+        states, lengths, targets = split.batch(index, device)
+        logits = model(states, lengths)
+        if spec.kind == "utterance":
+            preds.append(logits.argmax(dim=1).cpu())
+        elif spec.kind == "intent":
+            preds.append(slot_argmax(logits, labels.slot_sizes).cpu())
+        else:
+            hyps.extend(labels.decode(ids) for ids in metrics.ctc_greedy_decode(logits, lengths))
+    model.train(was)
+    if spec.kind in ("utterance", "intent"):
+        pred = torch.cat(preds)
+        target = torch.tensor(split.targets, dtype=torch.long)
+        return metrics.accuracy(pred, target) if spec.kind == "utterance" else metrics.all_slots_accuracy(pred, target)
+    return metrics.per(split.refs, hyps) if spec.kind == "phones" else metrics.wer(split.refs, hyps)
+
+
+def _better(spec: TaskSpec, a: float, b: float) -> bool:
+    return a > b if spec.higher_is_better else a < b
+
+
+def _train_once(spec: TaskSpec, task: str, upstream_name: str, labels: Labels, splits: dict[str, _Split],
+                layers: list[int], layer_index: int | None, cfg: ProbeConfig, device) -> ProbeResult:
+    from tqdm.auto import tqdm
+
+    from s3kit import checkpoint
+
+    lr = cfg.lr if cfg.lr is not None else spec.lr
+    max_updates = cfg.max_updates or spec.max_updates
+    eval_every = min(cfg.eval_every or spec.eval_every, max_updates)
+    torch.manual_seed(cfg.seed)
+    train, dev, test = splits["train"], splits["dev"], splits["test"]
+    dim = train.feats.dim
+    model = build_probe(spec, labels, len(layers), dim, cfg, layer_index).to(device)
+    optim = torch.optim.Adam(model.parameters(), lr=lr)  # constant lr: s3prl's scheduler block is commented out
+    gen = torch.Generator().manual_seed(cfg.seed)
+    name = f"{task}-frac{cfg.fraction:g}-lr{lr:g}-seed{cfg.seed}"
+    ckpt = str(Path(cfg.checkpoint_dir).expanduser() / name) if cfg.checkpoint_dir else None
+    order: list[int] = []
+    best, best_update, best_state, curve, stale = None, 0, None, [], 0
+    bar = tqdm(total=max_updates, desc=f"probe {task} lr={lr:g}", unit="upd", disable=not cfg.progress)
+    update = 0
+    model.train()
+    while update < max_updates:
+        if len(order) < min(cfg.batch_size, len(train)):
+            order += torch.randperm(len(train), generator=gen).tolist()  # epochs run back to back
+        index, order = order[: cfg.batch_size], order[cfg.batch_size:]
+        states, lengths, targets = train.batch(index, device)
+        loss = _loss(spec, labels, model(states, lengths), lengths, targets)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optim.step()
+        update += 1
+        bar.update(1)
+        if update % eval_every == 0 or update == max_updates:
+            score = evaluate(model, dev, spec, labels, device, cfg.batch_size)
+            curve.append((update, score))
+            bar.set_postfix(loss=f"{loss.item():.3f}", dev=f"{score:.4f}")
+            if best is None or _better(spec, score, best):
+                best, best_update, stale = score, update, 0
+                best_state = copy.deepcopy(model.state_dict())
+                if cfg.checkpoint_dir:
+                    checkpoint.save(ckpt, model, cfg, task=task, upstream=upstream_name, update=update, dev=score,
+                                    layers=layers, vocabulary=labels.vocabulary())
+            else:
+                stale += 1
+                if cfg.patience is not None and stale >= cfg.patience:
+                    break
+    bar.close()
+    model.load_state_dict(best_state)
+    test_score = evaluate(model, test, spec, labels, device, cfg.batch_size)
+    weights = model.featurizer.normalized().detach().cpu().tolist()
+    return ProbeResult(
+        task=task, upstream=upstream_name, metric=spec.metric, higher_is_better=spec.higher_is_better,
+        test=test_score, dev=best, updates_to_best=best_update, updates=update, lr=lr, fraction=cfg.fraction,
+        seed=cfg.seed, num_train=len(train), layers=layers, layer_weights=weights, curve=curve, checkpoint=ckpt,
+    )
+
+
+class _cpu_threads:
+    """Temporarily cap torch's intra-op threads. Pooled probes multiply ``[32, D] x [D, 256]``:
+    far too small for thread fan-out, which costs ~80x per step on a busy 2-core CPU (measured:
+    0.45 ms with 1 thread vs 38 ms with 2 for a 13 -> 256 -> 4 probe step under load)."""
+
+    def __init__(self, n: int | None):
+        self.n, self.old = n, None
+
+    def __enter__(self):
+        if self.n is not None:
+            self.old = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            torch.set_num_threads(self.old)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train_subset(cuts, task: str, fraction: float, seed: int):
+    """The stratified seeded ``fraction`` of train: by class for KS / SID / ER / IC, random for PR / ASR."""
+    from s3kit.data.subsets import stratified_subset
+
+    if fraction >= 1.0:
+        return cuts
+    spec = TASKS[task]
+    return stratified_subset(cuts, fraction, key=spec.label if spec.pooled else None, seed=seed)
+
+
+def run_probe(upstream, task: str, train, dev, test, cfg: ProbeConfig = ProbeConfig()) -> ProbeResult:
+    """Probe a frozen ``upstream`` on ``task`` (ks | ic | sid | er | pr | asr).
+
+    Args:
+        upstream: an :class:`~s3kit.upstream.Upstream` or a name / path for ``load_upstream``.
+        train, dev, test: CutSets or manifest paths carrying the task's label.
+    Returns the test score at the best dev checkpoint (best learning rate under ``lr_sweep``).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    spec = TASKS[task]
+    if isinstance(upstream, (str, Path)):
+        from s3kit.upstream import load_upstream
+
+        upstream = load_upstream(upstream)
+    cuts = {n: load_cuts(c) if isinstance(c, (str, Path)) else c for n, c in (("train", train), ("dev", dev), ("test", test))}
+    for name, c in cuts.items():
+        if len(c) == 0:
+            raise ValueError(f"{task}: the {name} manifest is empty")
+    labels = Labels(spec, cuts)  # vocab from full splits, before subsetting
+    device = _device(cfg.device)
+    cache_dir = Path(cfg.cache_dir).expanduser()
+    identity = upstream_identity(upstream)  # hash the weights once, not once per split
+    # Features of the *full* train set, so every fraction and seed reuses one cache entry.
+    feats = {
+        n: extract_features(upstream, c, cache_dir, layers=cfg.cache_layers, pooled=spec.pooled,
+                            max_duration=cfg.max_duration, device=device, identity=identity, progress=cfg.progress)
+        for n, c in cuts.items()
+    }
+    cuts["train"] = train_subset(cuts["train"], task, cfg.fraction, cfg.seed)
+    layers = feats["train"].layers
+    layer_index = None
+    if cfg.layer is not None:
+        if cfg.layer not in layers:
+            raise ValueError(f"layer {cfg.layer} is not among the cached layers {layers}")
+        layer_index = layers.index(cfg.layer)
+    splits = {n: _Split(c, feats[n], labels) for n, c in cuts.items()}
+    grid = cfg.lr_grid if cfg.lr_sweep else [cfg.lr]
+    with _cpu_threads(1 if spec.pooled and device.type == "cpu" else None):
+        runs = [_train_once(spec, task, upstream.name, labels, splits, layers, layer_index,
+                            dataclasses.replace(cfg, lr=lr, lr_sweep=False), device) for lr in grid]
+    if not cfg.lr_sweep:
+        return runs[0]
+    best = runs[0]
+    for r in runs[1:]:
+        if _better(spec, r.dev, best.dev):
+            best = r
+    best.sweep = [{"lr": r.lr, "dev": r.dev, "test": r.test, "updates_to_best": r.updates_to_best} for r in runs]
+    return best
+
+
+# ----------------------------------------------------------------------------------- output
+
+
+def results_table(results: list[ProbeResult]) -> str:
+    """A Markdown table: one row per probe (metrics in %; PER / WER lower is better)."""
+    lines = [
+        "| task | upstream | metric | test | dev | updates-to-best | updates | lr | fraction | seed | train |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        arrow = "↑" if r.higher_is_better else "↓"
+        lines.append(
+            f"| {r.task} | {r.upstream} | {r.metric} {arrow} | {100 * r.test:.2f} | {100 * r.dev:.2f} | "
+            f"{r.updates_to_best} | {r.updates} | {r.lr:g} | {r.fraction:g} | {r.seed} | {r.num_train} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(results: list[ProbeResult]) -> str:
+    """Mean ± sample std over seeds of test score and updates-to-best, per (task, upstream, fraction)."""
+    import statistics
+
+    groups: dict[tuple, list[ProbeResult]] = {}
+    for r in results:
+        groups.setdefault((r.task, r.upstream, r.fraction), []).append(r)
+    lines = ["| task | upstream | fraction | seeds | test (mean ± std) | updates-to-best (mean ± std) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for (task, up, frac), rs in groups.items():
+        tests = [100 * r.test for r in rs]
+        upd = [r.updates_to_best for r in rs]
+        sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+        lines.append(f"| {task} | {up} | {frac:g} | {len(rs)} | {statistics.mean(tests):.2f} ± {sd(tests):.2f} | "
+                     f"{statistics.mean(upd):.0f} ± {sd(upd):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_layer_weights(result: ProbeResult, path: str | Path) -> Path:
+    """Bar chart of the learned softmax layer weights (x: upstream state index)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(result.layers) + 2), 3.0))
+    ax.bar([str(i) for i in result.layers], result.layer_weights, color="tab:blue")
+    ax.axhline(1.0 / len(result.layers), color="gray", lw=0.8, ls="--", label="uniform")
+    ax.set_xlabel("hidden state (0 = input to layer 1)")
+    ax.set_ylabel("softmax weight")
+    ax.set_title(f"{result.task.upper()} · {result.upstream} · {result.metric} {100 * result.test:.1f}")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_results(results: list[ProbeResult], out_dir: str | Path) -> dict[str, Path]:
+    """``results.json``, ``results.md`` and ``layer_weights_<task>[_<n>].png`` in ``out_dir``."""
+    from s3kit.checkpoint import write_atomic
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md"}
+    write_atomic(paths["json"], json.dumps([r.to_dict() for r in results], indent=2))
+    text = results_table(results)
+    if len({(r.task, r.upstream, r.fraction) for r in results}) < len(results):  # several seeds somewhere
+        text += "\n" + summary_table(results)
+    write_atomic(paths["markdown"], text)
+    seen: dict[str, int] = {}
+    for r in results:
+        if len(r.layers) < 2:
+            continue  # one state: nothing to weigh
+        n = seen.get(r.task, 0)
+        seen[r.task] = n + 1
+        name = f"layer_weights_{r.task}" + (f"_{n}" if n else "") + ".png"
+        paths[name] = plot_layer_weights(r, out / name)
+    return paths
+
+
+def chance_accuracy(train_cuts, task: str) -> float:
+    """Majority-class accuracy on ``train_cuts``: the floor a KS/SID/ER probe must beat."""
+    from collections import Counter
+
+    spec = TASKS[task]
+    counts = Counter(str(get_label(c, spec.label)) for c in train_cuts)
+    return max(counts.values()) / max(1, sum(counts.values())) if counts else math.nan
