@@ -36,7 +36,8 @@ def load_cuts(path: str | Path):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: manifest not found; create it with `s3kit synth` or `s3kit data prepare`")
-    return CutSet.from_file(path)
+    cuts = CutSet.from_file(path)
+    return CutSet() if cuts is None else cuts  # lhotse reads an empty manifest as None
 
 
 def save_cuts(cuts, path: str | Path) -> Path:

@@ -32,19 +32,20 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-@torch.inference_mode()
 def count_macs(upstream: nn.Module, seconds: float = 1.0) -> float:
-    """MACs of one forward pass over ``seconds`` of audio, divided by ``seconds``."""
+    """MACs of one forward pass over ``seconds`` of audio, divided by ``seconds``.
+
+    Under ``no_grad``, not ``inference_mode``: FlopCounterMode inside inference mode fails on
+    weight-norm parametrised convolutions (every transformers positional conv)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     wav = torch.randn(1, int(seconds * SAMPLE_RATE)) * 0.1
     counter = FlopCounterMode(display=False)
-    with counter:
+    with torch.no_grad(), counter:
         upstream(wav)
     return counter.get_total_flops() / 2 / seconds
 
 
-@torch.inference_mode()
 def measure(upstream: nn.Module, seconds: float = 4.0, repeats: int = 5, threads: int | None = None) -> Efficiency:
     """Median CPU latency of ``upstream`` on ``seconds`` of noise (after one warm-up run)."""
     upstream = upstream.eval().to("cpu")
@@ -53,12 +54,13 @@ def measure(upstream: nn.Module, seconds: float = 4.0, repeats: int = 5, threads
         torch.set_num_threads(threads)
     try:
         wav = torch.randn(1, int(seconds * SAMPLE_RATE)) * 0.1
-        upstream(wav)
         times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            upstream(wav)
-            times.append(time.perf_counter() - t0)
+        with torch.inference_mode():
+            upstream(wav)  # warm-up
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                upstream(wav)
+                times.append(time.perf_counter() - t0)
         times.sort()
         latency = times[len(times) // 2]
         return Efficiency(

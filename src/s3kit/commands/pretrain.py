@@ -1,0 +1,75 @@
+"""``s3kit pretrain``: MelHuBERT / HuBERT masked prediction or wav2vec 2.0 from scratch."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--save-at takes comma-separated step numbers, got {text!r}")
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets ``key=value`` overrides follow the options (``KIND --out D lr=1e-4``): plain argparse
+    takes all positionals at their first run and rejects later ones."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        if getattr(self, "_intermixing", False):
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def register(sub) -> None:
+    from s3kit.methods.pretrain import ARCHS, KINDS, PretrainConfig
+
+    d = PretrainConfig()
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a small MelHuBERT / HuBERT / wav2vec 2.0 (bias paper Table 2 sizes)",
+        description="Pretrain an SSL encoder from scratch. MelHuBERT and HuBERT predict k-means ids of "
+        "masked frames (k-means on MFCC, or on CHECKPOINT:LAYER of a previous model); wav2vec 2.0 trains "
+        "contrastively through transformers' Wav2Vec2ForPreTraining. Every checkpoint under "
+        "OUT/checkpoints is an upstream (s3kit.load_upstream); HuBERT / wav2vec 2.0 also export the final "
+        "encoder to OUT/transformers. Extra key=value arguments override PretrainConfig fields "
+        "(model.num_layers=2, mask_prob=0.1, ...) or, prefixed with train., TrainConfig fields "
+        "(train.lr=1e-4).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("--arch", choices=sorted(ARCHS), default=None, help=f"architecture (Table 2); default: the recipe's, else {d.arch}")
+    p.add_argument("--manifest", required=True, help="training CutSet (.jsonl.gz)")
+    p.add_argument("--val-manifest", default=None, help="validation CutSet")
+    p.add_argument("--out", required=True, help="output directory (rerun to resume)")
+    p.add_argument("--recipe", default=None, help="YAML recipe: PretrainConfig fields, plus a 'train:' section")
+    p.add_argument("--save-at", type=_steps, default=None, help="steps whose checkpoints are kept for good, e.g. 1000,5000")
+    p.add_argument("--steps", type=int, default=None, help="total optimiser updates (train.total_steps)")
+    p.add_argument("--kmeans-from", default=None,
+                   help=f"k-means features: 'mfcc' (iteration 1) or CHECKPOINT:LAYER (later iterations); default: the recipe's, else {d.kmeans_from}")
+    p.add_argument("--device", default="auto")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.__class__ = _IntermixedParser
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from s3kit.methods.pretrain import pretrain_from_recipe
+
+    overrides = [f"kind={args.kind}"]
+    overrides += [f"arch={args.arch}"] if args.arch else []
+    overrides += [f"kmeans_from={args.kmeans_from}"] if args.kmeans_from else []
+    overrides += args.overrides
+    train_overrides = [f"out_dir={args.out}", f"device={args.device}"]
+    if args.save_at is not None:
+        train_overrides.append(f"save_at={args.save_at}")
+    if args.steps is not None:
+        train_overrides.append(f"total_steps={args.steps}")
+    result = pretrain_from_recipe(args.manifest, args.recipe, overrides, train_overrides, args.val_manifest)
+    print(f"step {result.step}: last loss {result.losses.get(result.step, float('nan')):.4f}; checkpoints in {result.out_dir / 'checkpoints'}")
+    return 0

@@ -1,0 +1,300 @@
+"""The main job: from nothing to a model card and report, on the synthetic corpus, on CPU.
+
+Stages (each resumable: a finished stage leaves ``RUN/stages/<name>.json`` and is skipped on
+the next run with the same settings; training stages also resume from their last checkpoint):
+
+1. ``corpus``    synthesise the TTS corpus (keywords, commands, sentences, noise, SpEAT sets);
+2. ``teacher``   pretrain a tiny MelHuBERT teacher (MFCC k-means targets), and keep its
+                 random initialisation as a control;
+3. students      every compression / distillation method that applies to the teacher;
+4. ``probe``     SUPERB-style probes (KS, IC, SID, PR) of every model, plus speed and size;
+5. ``bias``      SpEAT d with p-values per model and per layer, isotropy, t-SNE;
+6. ``report``    ``RUN/report/index.html`` + ``index.md``: a card per model, tables, plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from s3kit.config import to_dict
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: str = "runs/demo"
+    minutes: float = 8.0  # synthetic corpus size (all subsets)
+    seed: int = 0
+    teacher_steps: int = 600  # tiny MelHuBERT masked-prediction updates
+    distil_steps: int = 300
+    tasks: list[str] = field(default_factory=lambda: ["ks", "ic", "sid", "pr"])
+    probe_updates: int = 300  # per probe (SUPERB's 200k is for real corpora)
+    bias_tests: str = "gender,native"
+    permutations: int = 100_000
+    threads: int = 2
+    device: str = "auto"
+
+
+class Stage:
+    """A named step whose result (a JSON-able dict) is stored under RUN/stages/<name>.json."""
+
+    def __init__(self, run: Path, name: str, settings: dict):
+        self.path = run / "stages" / f"{name}.json"
+        self.name = name
+        self.settings = settings
+
+    def done(self) -> dict | None:
+        if self.path.exists():
+            data = json.loads(self.path.read_text())
+            if data.get("settings") == json.loads(json.dumps(self.settings)):
+                return data["result"]
+        return None
+
+    def finish(self, result: dict, seconds: float) -> dict:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"settings": self.settings, "result": result, "seconds": round(seconds, 1)}, indent=2))
+        tmp.replace(self.path)
+        return result
+
+
+def _run_stage(run: Path, name: str, settings: dict, fn: Callable[[], dict], log) -> dict:
+    stage = Stage(run, name, settings)
+    cached = stage.done()
+    if cached is not None:
+        log(f"[{name}] done earlier, reusing {stage.path}")
+        return cached
+    log(f"[{name}] running")
+    t0 = time.perf_counter()
+    result = fn()
+    log(f"[{name}] finished in {time.perf_counter() - t0:.0f} s")
+    return stage.finish(result, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def stage_corpus(run: Path, cfg: DemoConfig) -> dict:
+    from s3kit.data.synth import synthesize_corpus
+
+    paths = synthesize_corpus(run / "data", minutes=cfg.minutes, seed=cfg.seed, num_workers=cfg.threads)
+    return {k: str(v) for k, v in paths.items()}
+
+
+def stage_teacher(run: Path, cfg: DemoConfig, data: dict) -> dict:
+    """Tiny MelHuBERT on every synthetic speech subset's train split; its step-0 weights are
+    kept as the random-init control."""
+    import torch
+
+    from s3kit.data.manifest import load_cuts, save_cuts
+    from s3kit.methods.pretrain import (PretrainConfig, build_method, default_train_config, load_pretrained, load_units,
+                                        pretrain)
+    from s3kit.models.melhubert import save_upstream
+
+    out = run / "teacher"
+    train = load_cuts(data["sentences_train"]) + load_cuts(data["commands_train"]) + load_cuts(data["keywords_train"])
+    manifest = save_cuts(train.to_eager(), out / "train.jsonl.gz")
+    pcfg = PretrainConfig(kind="melhubert", arch="tiny", mask_prob=0.08, mask_span=5, max_frames=75,
+                          num_clusters=100, max_duration=24.0, seed=cfg.seed)
+    tcfg = dataclasses.replace(
+        default_train_config("melhubert"), out_dir=str(out), total_steps=cfg.teacher_steps, lr=5e-4,
+        optimizer="adamw", warmup=0.08, clip=10.0, log_every=25, val_every=max(50, cfg.teacher_steps // 4),
+        save_every=max(50, cfg.teacher_steps // 4), save_at=[], seed=cfg.seed, device=cfg.device,
+    )
+    result = pretrain(manifest, pcfg, tcfg, val_manifest=data["sentences_dev"])
+    final = out / "upstream"
+    model, _ = load_pretrained(result.checkpoint)
+    save_upstream(final, model, description="tiny MelHuBERT pretrained by the demo")
+    # The same architecture at random initialisation (same seed): the control every probe needs.
+    torch.manual_seed(cfg.seed)
+    init = build_method(pcfg, load_units(out / "targets" / "units.safetensors"))
+    init.model.encoder.front_end.set_stats(model.encoder.front_end.mean, model.encoder.front_end.std)
+    save_upstream(run / "teacher-init" / "upstream", init.model, description="random init")
+    return {"teacher": str(final), "teacher_init": str(run / "teacher-init" / "upstream"),
+            "final_loss": result.losses[max(result.losses)] if result.losses else None, "val": result.val}
+
+
+def _write_card(run: Path, name: str, card: dict) -> None:
+    d = run / "models" / name
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "card.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old.update(card)
+    path.write_text(json.dumps(old, indent=2))
+
+
+def stage_probe(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) -> dict:
+    """Speed/size and SUPERB-style probes of every model; fills the model cards."""
+    from s3kit.eval.efficiency import measure
+    from s3kit.eval.probe import ProbeConfig, run_probe
+    from s3kit.upstream import load_upstream
+
+    subsets = {"ks": "keywords", "ic": "commands", "sid": "keywords", "pr": "sentences"}
+    results = {}
+    for name, info in models.items():
+        up = load_upstream(info["upstream"])
+        card = {"name": name, "description": info["description"], "source": info["source"],
+                "efficiency": measure(up, seconds=2.0, repeats=3).to_dict(), "probe": {}}
+        for task in cfg.tasks:
+            sub = subsets[task]
+            train, dev, test = (data[f"{sub}_{s}"] for s in ("train", "dev", "test"))
+            if task == "sid":  # speaker identity needs the same speakers in train and test
+                train, dev, test = _sid_splits(run, data)
+            pc = ProbeConfig(max_updates=cfg.probe_updates, eval_every=max(25, cfg.probe_updates // 6), seed=cfg.seed,
+                             cache_dir=str(run / "cache" / "features"), device=cfg.device, progress=False)
+            r = run_probe(up, task, train, dev, test, pc)
+            card["probe"][task] = {"metric": r.metric, "score": r.test, "dev": r.dev, "updates_to_best": r.updates_to_best,
+                                   "layer_weights": r.layer_weights}
+        _write_card(run, name, card)
+        results[name] = card["probe"]
+    return results
+
+
+def _sid_splits(run: Path, data: dict) -> tuple[str, str, str]:
+    """Speaker ID over the keyword clips of the *train* speakers, split by take (SUPERB SID
+    splits VoxCeleb1 utterances of the same 1 251 speakers)."""
+    from s3kit.data.manifest import load_cuts, save_cuts
+
+    out = run / "data" / "sid"
+    paths = tuple(out / f"sid_{s}.jsonl.gz" for s in ("train", "dev", "test"))
+    if all(p.exists() for p in paths):
+        return tuple(str(p) for p in paths)
+    from lhotse import CutSet
+
+    by_speaker: dict[str, list] = {}
+    for c in sorted(load_cuts(data["keywords_train"]), key=lambda c: c.id):
+        if c.supervisions and c.supervisions[0].speaker:  # silence / noise clips have no speaker
+            by_speaker.setdefault(c.supervisions[0].speaker, []).append(c)
+    parts = {"train": [], "dev": [], "test": []}
+    for clips in by_speaker.values():  # per speaker: last clip -> test, one before -> dev, rest -> train
+        if len(clips) < 3:
+            continue
+        parts["test"].append(clips[-1])
+        parts["dev"].append(clips[-2])
+        parts["train"] += clips[:-2]
+
+    for (split, items), p in zip(parts.items(), paths):
+        save_cuts(CutSet.from_cuts(items), p)
+    return tuple(str(p) for p in paths)
+
+
+def stage_bias(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) -> dict:
+    from s3kit.eval.bias import bias
+
+    names = list(models)
+    report = bias([models[n]["upstream"] for n in names], data["speat"], run / "bias", tests=cfg.bias_tests,
+                  n_permutations=cfg.permutations, n_bootstrap=2000, layer_permutations=10_000, layer_bootstrap=500,
+                  seed=cfg.seed, device=cfg.device, tsne=True)
+    tsne_files = sorted((run / "bias").glob("tsne_*.png"))
+    out = {}
+    for name, entry in zip(names, report["upstreams"]):
+        card = {"bias": {}, "isotropy": entry["isotropy"].get("log10_isotropy") if isinstance(entry["isotropy"], dict) else None}
+        for test, res in entry["results"].items():
+            agg = res.get("aggregate", res)
+            card["bias"][test] = {"d": agg.get("d"), "p": agg.get("p_value", agg.get("p")), "ci_low": agg.get("ci_low"),
+                                  "ci_high": agg.get("ci_high"), "magnitude": agg.get("magnitude"),
+                                  "per_layer": [l.get("d") for l in res.get("per_layer", [])]}
+        match = [p for p in tsne_files if p.stem.endswith(entry["name"].replace("/", "_"))]
+        if match:
+            dst = run / "models" / name / "tsne.png"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(match[0], dst)
+            card["tsne"] = "tsne.png"
+        _write_card(run, name, card)
+        out[name] = card
+    return out
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> Path:
+    """Run every stage (reusing finished ones) and return the report's HTML path."""
+    import torch
+
+    from s3kit.report import build_report
+
+    torch.set_num_threads(cfg.threads)
+    run = Path(cfg.out)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "demo.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    t0 = time.perf_counter()
+    data = _run_stage(run, "corpus", {"minutes": cfg.minutes, "seed": cfg.seed}, lambda: stage_corpus(run, cfg), log)
+    teacher = _run_stage(run, "teacher", {"steps": cfg.teacher_steps, "seed": cfg.seed},
+                         lambda: stage_teacher(run, cfg, data), log)
+    models = {
+        "mfcc": {"upstream": "mfcc", "description": "MFCC (13 coefficients), the classical baseline", "source": "s3kit.features.MFCC"},
+        "teacher-init": {"upstream": teacher["teacher_init"], "description": "tiny MelHuBERT at random initialisation (control)",
+                         "source": "s3kit.methods.pretrain.build_model('melhubert', 'tiny')"},
+        "teacher": {"upstream": teacher["teacher"], "description": f"tiny MelHuBERT pretrained {cfg.teacher_steps} steps on the synthetic corpus",
+                    "source": "s3kit pretrain melhubert --arch tiny"},
+    }
+    for name, make in STUDENTS:
+        result = _run_stage(run, name, {"steps": cfg.distil_steps, "seed": cfg.seed, "teacher": teacher["teacher"]},
+                            lambda make=make: make(run, cfg, data, teacher), log)
+        models[name] = result
+    settings = {"tasks": cfg.tasks, "updates": cfg.probe_updates, "models": sorted(models), "seed": cfg.seed}
+    _run_stage(run, "probe", settings, lambda: stage_probe(run, cfg, data, models), log)
+    _run_stage(run, "bias", {**settings, "tests": cfg.bias_tests, "permutations": cfg.permutations},
+               lambda: stage_bias(run, cfg, data, models), log)
+    page = build_report(run, title="s3kit demo: tiny teacher, its students, and what they keep")
+    log(f"[report] {page}  ({time.perf_counter() - t0:.0f} s in all)")
+    return page
+
+
+def _train_cfg(run: Path, name: str, cfg: DemoConfig, **changes):
+    from s3kit.train import TrainConfig
+
+    steps = changes.pop("total_steps", cfg.distil_steps)
+    base = dict(out_dir=str(run / name / "train"), total_steps=steps, lr=2e-4, warmup=0.07, log_every=25,
+                val_every=max(50, steps // 3), save_every=max(50, steps // 3), seed=cfg.seed, device=cfg.device)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def student_pruned(run: Path, cfg: DemoConfig, data: dict, teacher: dict) -> dict:
+    """Half the heads and half the FFN rows of every layer removed by L1 score (bias paper §3.2,
+    after Lin et al.), then fine-tuned to match the unpruned teacher's hidden states."""
+    from s3kit.data.loader import make_loader
+    from s3kit.methods import prune
+    from s3kit.train import train
+    from s3kit.upstream import load_upstream
+
+    original = load_upstream(teacher["teacher"])
+    model = load_upstream(teacher["teacher"])
+    heads, width = prune.heads_per_layer(model)[0], prune.ffn_widths(model)[0]
+    prune.prune_lowest_heads(model, per_layer=heads // 2)
+    prune.prune_lowest_rows(model, per_layer=width // 2, min_rows=1)
+    method = prune.PruneFinetune(prune.DistillFromOriginal(model, original))
+    loader = make_loader(data["sentences_train"], max_duration=24.0, shuffle=True, seed=cfg.seed, crop=2.0)
+    train(method, loader, _train_cfg(run, "pruned", cfg, lr=1e-4))
+    out = prune.save_pruned(run / "pruned" / "upstream", model)
+    return {"upstream": str(out), "source": "s3kit.methods.prune (head + row pruning) + fine-tuning",
+            "description": f"teacher with {heads - heads // 2} of {heads} heads and {width - width // 2} of {width} FFN "
+                           f"rows per layer kept, fine-tuned {cfg.distil_steps} steps"}
+
+
+def student_rewired(run: Path, cfg: DemoConfig, data: dict, teacher: dict) -> dict:
+    """Contrastive rewiring (Twin positives) of the teacher on the synthetic sentences."""
+    from s3kit.methods.rewire import RewireConfig, rewire
+
+    steps = max(20, cfg.distil_steps // 5)
+    # lr 1e-6 is the paper's for a 317 M-parameter model; a 2 M one needs a larger step to move in minutes
+    rcfg = RewireConfig(mode="twin", updates=steps, train=_train_cfg(run, "rewired", cfg, total_steps=steps, lr=5e-5,
+                                                                     warmup=0, schedule="constant", optimizer="adamw", clip=None))
+    out = rewire(teacher["teacher"], data["sentences_train"], rcfg, out_dir=run / "rewired")
+    return {"upstream": str(out), "source": "s3kit rewire twin",
+            "description": f"teacher rewired with InfoNCE on Twin positives (tau 0.04), {steps} updates"}
+
+
+# (name, function(run, cfg, data, teacher) -> {"upstream", "description", "source"}) of the
+# student stages: every method that applies to the demo teacher.
+STUDENTS: list[tuple[str, Callable]] = [
+    ("pruned", student_pruned),
+    ("rewired", student_rewired),
+]

@@ -1,0 +1,1 @@
+"""s3kit's own encoders, one file each (MelHuBERT, KWS student, M2D ViT)."""
