@@ -45,3 +45,13 @@ def test_type_errors_are_clear(tmp_path):
     (tmp_path / "bad.yaml").write_text("layers: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         build(Recipe, tmp_path / "bad.yaml")
+
+
+@dataclass(frozen=True)
+class Method:
+    optim: Optim = field(default_factory=lambda: Optim(lr=1e-6, betas=(0.5, 0.5)))
+
+
+def test_partial_section_keeps_the_parents_defaults():
+    cfg = build(Method, {"optim": {"lr": 3e-4}})
+    assert cfg.optim == Optim(lr=3e-4, betas=(0.5, 0.5))

@@ -119,15 +119,30 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
     """Build dataclass ``cls`` from a (nested) mapping; unknown keys raise with a suggestion."""
     types_ = _field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in (data or {}).items():
         if key not in types_:
             raise _unknown(key, list(types_), where)
+        if isinstance(value, dict) and _dataclass_of(types_[key]) is not None:
+            # a partial section overrides the *parent's* default for it (e.g. a method's own
+            # TrainConfig), not the nested class's bare defaults
+            default = _field_default(fields[key])
+            if dataclasses.is_dataclass(default):
+                value = _merge(to_dict(default), value)
         kwargs[key] = _coerce(value, types_[key], f"{where}.{key}" if where != "config" else key)
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field missing
         raise ConfigError(f"{where}: {e}") from e
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
 
 
 def to_dict(cfg) -> dict[str, Any]:

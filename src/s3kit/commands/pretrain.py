@@ -27,35 +27,51 @@ class _IntermixedParser(argparse.ArgumentParser):
 
 
 def register(sub) -> None:
+    from s3kit.commands.m2ds import configure_pretrain_parser
     from s3kit.methods.pretrain import ARCHS, KINDS, PretrainConfig
 
     d = PretrainConfig()
     p = sub.add_parser(
         "pretrain",
-        help="pretrain a small MelHuBERT / HuBERT / wav2vec 2.0 (bias paper Table 2 sizes)",
-        description="Pretrain an SSL encoder from scratch. MelHuBERT and HuBERT predict k-means ids of "
-        "masked frames (k-means on MFCC, or on CHECKPOINT:LAYER of a previous model); wav2vec 2.0 trains "
-        "contrastively through transformers' Wav2Vec2ForPreTraining. Every checkpoint under "
-        "OUT/checkpoints is an upstream (s3kit.load_upstream); HuBERT / wav2vec 2.0 also export the final "
-        "encoder to OUT/transformers. Extra key=value arguments override PretrainConfig fields "
-        "(model.num_layers=2, mask_prob=0.1, ...) or, prefixed with train., TrainConfig fields "
-        "(train.lr=1e-4).",
+        help="pretrain a small MelHuBERT / HuBERT / wav2vec 2.0 (bias paper Table 2 sizes) or an M2D-S ViT",
+        description="Pretrain an SSL encoder from scratch: s3kit pretrain KIND --help for each kind's options.",
+    )
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    for kind in KINDS:
+        q = kinds.add_parser(
+            kind,
+            help={"melhubert": "MelHuBERT: fbank input, masked prediction of k-means ids",
+                  "hubert": "HuBERT: waveform CNN, masked prediction of k-means ids",
+                  "wav2vec2": "wav2vec 2.0: contrastive, quantized targets"}.get(kind, kind),
+            description="Pretrain an SSL encoder from scratch. MelHuBERT and HuBERT predict k-means ids of "
+            "masked frames (k-means on MFCC, or on CHECKPOINT:LAYER of a previous model); wav2vec 2.0 trains "
+            "contrastively through transformers' Wav2Vec2ForPreTraining. Every checkpoint under "
+            "OUT/checkpoints is an upstream (s3kit.load_upstream); HuBERT / wav2vec 2.0 also export the final "
+            "encoder to OUT/transformers. Extra key=value arguments override PretrainConfig fields "
+            "(model.num_layers=2, mask_prob=0.1, ...) or, prefixed with train., TrainConfig fields "
+            "(train.lr=1e-4).",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        q.add_argument("--arch", choices=sorted(ARCHS), default=None, help=f"architecture (Table 2); default: the recipe's, else {d.arch}")
+        q.add_argument("--manifest", required=True, help="training CutSet (.jsonl.gz)")
+        q.add_argument("--val-manifest", default=None, help="validation CutSet")
+        q.add_argument("--out", required=True, help="output directory (rerun to resume)")
+        q.add_argument("--recipe", default=None, help="YAML recipe: PretrainConfig fields, plus a 'train:' section")
+        q.add_argument("--save-at", type=_steps, default=None, help="steps whose checkpoints are kept for good, e.g. 1000,5000")
+        q.add_argument("--steps", type=int, default=None, help="total optimiser updates (train.total_steps)")
+        q.add_argument("--kmeans-from", default=None,
+                       help=f"k-means features: 'mfcc' (iteration 1) or CHECKPOINT:LAYER (later iterations); default: the recipe's, else {d.kmeans_from}")
+        q.add_argument("--device", default="auto")
+        q.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+        q.__class__ = _IntermixedParser
+        q.set_defaults(func=run)
+    m2ds = kinds.add_parser(
+        "m2ds", help="M2D-S: ViT on log-mel, masked modeling duo + denoising distillation (same as s3kit m2ds pretrain)",
+        description="M2D-S pretraining (Niizumi et al., Interspeech 2023); see docs/m2ds.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("kind", choices=KINDS)
-    p.add_argument("--arch", choices=sorted(ARCHS), default=None, help=f"architecture (Table 2); default: the recipe's, else {d.arch}")
-    p.add_argument("--manifest", required=True, help="training CutSet (.jsonl.gz)")
-    p.add_argument("--val-manifest", default=None, help="validation CutSet")
-    p.add_argument("--out", required=True, help="output directory (rerun to resume)")
-    p.add_argument("--recipe", default=None, help="YAML recipe: PretrainConfig fields, plus a 'train:' section")
-    p.add_argument("--save-at", type=_steps, default=None, help="steps whose checkpoints are kept for good, e.g. 1000,5000")
-    p.add_argument("--steps", type=int, default=None, help="total optimiser updates (train.total_steps)")
-    p.add_argument("--kmeans-from", default=None,
-                   help=f"k-means features: 'mfcc' (iteration 1) or CHECKPOINT:LAYER (later iterations); default: the recipe's, else {d.kmeans_from}")
-    p.add_argument("--device", default="auto")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.__class__ = _IntermixedParser
-    p.set_defaults(func=run)
+    configure_pretrain_parser(m2ds)
+    m2ds.__class__ = _IntermixedParser
 
 
 def run(args) -> int:
