@@ -329,11 +329,14 @@ def test_melhubert_distillation_lowers_val_loss_and_reloads(mh_setup, tmp_path):
     from s3kit.models.melhubert import MelHubertUpstream
     from s3kit.upstream import load_upstream
 
+    from s3kit.train.cache import ensure_cache
+
     root, teacher, train_cuts, val_cuts = mh_setup
     assert isinstance(teacher, MelHubertUpstream)
-    method, before, res = _run(tmp_path, teacher, train_cuts, val_cuts, "mh", targets=(1, 3))
+    cache = ensure_cache(tmp_path / "cache", teacher, [1, 3], train_cuts, progress=False)  # one teacher pass, not 20
+    method, before, res = _run(tmp_path, teacher, train_cuts, val_cuts, "mh", cache=cache, steps=20, targets=(1, 3))
     after = res.val[-1][1]["loss"]
-    assert after < 0.8 * before, (before, after)
+    assert after < 0.6 * before, (before, after)  # measured 1.50 -> 0.61
 
     state, meta = checkpoint.load(res.checkpoint)
     assert meta["upstream"] == "s3kit.methods.distilhubert:upstream_from_checkpoint"
