@@ -30,14 +30,21 @@ class DemoConfig:
     out: str = "runs/demo"
     minutes: float = 8.0  # synthetic corpus size (all subsets)
     seed: int = 0
-    teacher_steps: int = 600  # tiny MelHuBERT masked-prediction updates
+    teacher: str = "shipped"  # "shipped": s3kit/assets/demo_teacher; "train": pretrain it here
+    teacher_steps: int = 1500  # tiny MelHuBERT masked-prediction updates (with teacher=train)
     distil_steps: int = 300
     tasks: list[str] = field(default_factory=lambda: ["ks", "ic", "sid", "pr"])
     probe_updates: int = 300  # per probe (SUPERB's 200k is for real corpora)
     bias_tests: str = "gender,native"
     permutations: int = 100_000
-    threads: int = 2
+    threads: int = 1  # torch intra-op threads: the demo's models are tiny, one thread is fastest
+    workers: int = 2  # processes for corpus synthesis
     device: str = "auto"
+    stop_after: str | None = None  # a stage name: stop there (e.g. "teacher" to build the teacher only)
+
+    def __post_init__(self):
+        if self.teacher not in ("shipped", "train"):
+            raise ValueError(f"teacher={self.teacher!r}: 'shipped' or 'train'")
 
 
 class Stage:
@@ -82,41 +89,71 @@ def _run_stage(run: Path, name: str, settings: dict, fn: Callable[[], dict], log
 def stage_corpus(run: Path, cfg: DemoConfig) -> dict:
     from s3kit.data.synth import synthesize_corpus
 
-    paths = synthesize_corpus(run / "data", minutes=cfg.minutes, seed=cfg.seed, num_workers=cfg.threads)
+    paths = synthesize_corpus(run / "data", minutes=cfg.minutes, seed=cfg.seed, num_workers=cfg.workers)
     return {k: str(v) for k, v in paths.items()}
 
 
-def stage_teacher(run: Path, cfg: DemoConfig, data: dict) -> dict:
-    """Tiny MelHuBERT on every synthetic speech subset's train split; its step-0 weights are
-    kept as the random-init control."""
-    import torch
+SHIPPED_TEACHER = Path(__file__).resolve().parent / "assets" / "demo_teacher"
 
+
+def _teacher_pretrain_config(cfg: DemoConfig):
+    from s3kit.methods.pretrain import PretrainConfig
+
+    # SPEC.md "Data": 4 layers, d 192, k-means-100 MFCC targets, 8 % / span-5 masking, 1.5 s crops,
+    # batches of 16 x 1.5 s. Dropout off: a 2 M-parameter model trained for minutes does not
+    # overfit, and CPU dropout costs a third of the step.
+    return PretrainConfig(kind="melhubert", arch="tiny", mask_prob=0.08, mask_span=5, max_frames=75,
+                          num_clusters=100, max_duration=24.0, seed=cfg.seed,
+                          model={"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0})
+
+
+def train_teacher(run: Path, cfg: DemoConfig, data: dict) -> Path:
+    """Pretrain the tiny MelHuBERT on every speech subset's train split; returns its upstream dir."""
     from s3kit.data.manifest import load_cuts, save_cuts
-    from s3kit.methods.pretrain import (PretrainConfig, build_method, default_train_config, load_pretrained, load_units,
-                                        pretrain)
+    from s3kit.methods.pretrain import default_train_config, load_pretrained, pretrain
     from s3kit.models.melhubert import save_upstream
 
     out = run / "teacher"
     train = load_cuts(data["sentences_train"]) + load_cuts(data["commands_train"]) + load_cuts(data["keywords_train"])
     manifest = save_cuts(train.to_eager(), out / "train.jsonl.gz")
-    pcfg = PretrainConfig(kind="melhubert", arch="tiny", mask_prob=0.08, mask_span=5, max_frames=75,
-                          num_clusters=100, max_duration=24.0, seed=cfg.seed)
     tcfg = dataclasses.replace(
         default_train_config("melhubert"), out_dir=str(out), total_steps=cfg.teacher_steps, lr=5e-4,
         optimizer="adamw", warmup=0.08, clip=10.0, log_every=25, val_every=max(50, cfg.teacher_steps // 4),
         save_every=max(50, cfg.teacher_steps // 4), save_at=[], seed=cfg.seed, device=cfg.device,
     )
-    result = pretrain(manifest, pcfg, tcfg, val_manifest=data["sentences_dev"])
-    final = out / "upstream"
+    result = pretrain(manifest, _teacher_pretrain_config(cfg), tcfg, val_manifest=data["sentences_dev"])
     model, _ = load_pretrained(result.checkpoint)
-    save_upstream(final, model, description="tiny MelHuBERT pretrained by the demo")
-    # The same architecture at random initialisation (same seed): the control every probe needs.
+    val = result.val[-1][1] if result.val else {}
+    return save_upstream(out / "upstream", model, steps=cfg.teacher_steps, corpus_minutes=cfg.minutes, seed=cfg.seed,
+                         val_loss=val.get("loss"), val_acc_masked=val.get("acc_masked"),
+                         description=f"tiny MelHuBERT pretrained {cfg.teacher_steps} steps by s3kit demo")
+
+
+def stage_teacher(run: Path, cfg: DemoConfig, data: dict) -> dict:
+    """The teacher (the shipped checkpoint, or trained here with ``teacher=train``), and the same
+    architecture at random initialisation (same fbank statistics) as the control every probe needs."""
+    import torch
+
+    from s3kit import checkpoint
+    from s3kit.config import from_dict
+    from s3kit.models.melhubert import MelHubert, MelHubertConfig, save_upstream
+
+    if cfg.teacher == "shipped":
+        if not (SHIPPED_TEACHER / "model.safetensors").exists():
+            raise FileNotFoundError(f"{SHIPPED_TEACHER}: the shipped demo teacher is missing; run with teacher=train")
+        final = run / "teacher" / "upstream"
+        if final.exists():
+            shutil.rmtree(final)
+        shutil.copytree(SHIPPED_TEACHER, final)
+    else:
+        final = train_teacher(run, cfg, data)
+    state, meta = checkpoint.load(final)
     torch.manual_seed(cfg.seed)
-    init = build_method(pcfg, load_units(out / "targets" / "units.safetensors"))
-    init.model.encoder.front_end.set_stats(model.encoder.front_end.mean, model.encoder.front_end.std)
-    save_upstream(run / "teacher-init" / "upstream", init.model, description="random init")
-    return {"teacher": str(final), "teacher_init": str(run / "teacher-init" / "upstream"),
-            "final_loss": result.losses[max(result.losses)] if result.losses else None, "val": result.val}
+    init = MelHubert(from_dict(MelHubertConfig, meta["config"]))
+    init.front_end.set_stats(state["front_end.mean"], state["front_end.std"])
+    save_upstream(run / "teacher-init" / "upstream", init, description="random init")
+    info = {k: meta.get(k) for k in ("steps", "val_loss", "val_acc_masked", "description")}
+    return {"teacher": str(final), "teacher_init": str(run / "teacher-init" / "upstream"), **info}
 
 
 def _write_card(run: Path, name: str, card: dict) -> None:
@@ -225,13 +262,15 @@ def demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> 
     (run / "demo.json").write_text(json.dumps(to_dict(cfg), indent=2))
     t0 = time.perf_counter()
     data = _run_stage(run, "corpus", {"minutes": cfg.minutes, "seed": cfg.seed}, lambda: stage_corpus(run, cfg), log)
-    teacher = _run_stage(run, "teacher", {"steps": cfg.teacher_steps, "seed": cfg.seed},
+    teacher = _run_stage(run, "teacher", {"teacher": cfg.teacher, "steps": cfg.teacher_steps, "seed": cfg.seed},
                          lambda: stage_teacher(run, cfg, data), log)
+    if cfg.stop_after in ("corpus", "teacher"):
+        return run / "teacher"
     models = {
         "mfcc": {"upstream": "mfcc", "description": "MFCC (13 coefficients), the classical baseline", "source": "s3kit.features.MFCC"},
         "teacher-init": {"upstream": teacher["teacher_init"], "description": "tiny MelHuBERT at random initialisation (control)",
                          "source": "s3kit.methods.pretrain.build_model('melhubert', 'tiny')"},
-        "teacher": {"upstream": teacher["teacher"], "description": f"tiny MelHuBERT pretrained {cfg.teacher_steps} steps on the synthetic corpus",
+        "teacher": {"upstream": teacher["teacher"], "description": teacher.get("description") or "tiny MelHuBERT teacher",
                     "source": "s3kit pretrain melhubert --arch tiny"},
     }
     for name, make in STUDENTS:
@@ -255,6 +294,24 @@ def _train_cfg(run: Path, name: str, cfg: DemoConfig, **changes):
                 val_every=max(50, steps // 3), save_every=max(50, steps // 3), seed=cfg.seed, device=cfg.device)
     base.update(changes)
     return TrainConfig(**base)
+
+
+def student_distilhubert(run: Path, cfg: DemoConfig, data: dict, teacher: dict) -> dict:
+    """DistilHuBERT scaled to the 4-layer teacher: a 1-layer student (the paper keeps 2 of 12)
+    initialised from the teacher, with heads predicting teacher layers 2, 3, 4 (the paper: 4, 8, 12)."""
+    from s3kit.config import build
+    from s3kit.methods.distilhubert import DistilConfig, distill
+
+    d = build(DistilConfig, {
+        "layers": 1, "targets": [2, 3, 4], "batch_size": 24, "max_duration": 48.0,
+        "train": {"out_dir": str(run / "distilhubert" / "train"), "total_steps": cfg.distil_steps,
+                  "log_every": 25, "val_every": max(50, cfg.distil_steps // 3), "save_every": max(50, cfg.distil_steps // 3),
+                  "seed": cfg.seed, "device": cfg.device},
+    })
+    result = distill(teacher["teacher"], data["sentences_train"], d, val_manifest=data["sentences_dev"])
+    return {"upstream": str(result.checkpoint), "source": "s3kit distill distilhubert layers=1 targets=[2,3,4]",
+            "description": f"DistilHuBERT student: teacher front end + 1 layer, heads for layers 2-4, "
+                           f"{cfg.distil_steps} steps (heads dropped)"}
 
 
 def student_pruned(run: Path, cfg: DemoConfig, data: dict, teacher: dict) -> dict:
@@ -318,6 +375,7 @@ def student_m2ds(run: Path, cfg: DemoConfig, data: dict, teacher: dict) -> dict:
 # (name, function(run, cfg, data, teacher) -> {"upstream", "description", "source"}) of the
 # student stages: every method that applies to the demo teacher.
 STUDENTS: list[tuple[str, Callable]] = [
+    ("distilhubert", student_distilhubert),
     ("pruned", student_pruned),
     ("rewired", student_rewired),
     ("m2ds", student_m2ds),

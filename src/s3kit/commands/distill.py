@@ -28,6 +28,9 @@ def register(sub) -> None:
     d.add_argument("--cache-dir", default=None, help="teacher-feature cache directory (default OUT/teacher_cache)")
     d.add_argument("overrides", nargs="*", metavar="key=value", help="DistilConfig fields")
     d.set_defaults(func=run_distilhubert)
+    from s3kit.commands.kws import register_dvcc
+
+    register_dvcc(methods)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 

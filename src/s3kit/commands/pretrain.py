@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from s3kit.commands._args import IntermixedParser
+
 
 def _steps(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--save-at takes comma-separated step numbers, got {text!r}")
-
-
-class _IntermixedParser(argparse.ArgumentParser):
-    """Lets ``key=value`` overrides follow the options (``KIND --out D lr=1e-4``): plain argparse
-    takes all positionals at their first run and rejects later ones."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        if getattr(self, "_intermixing", False):
-            return super().parse_known_args(args, namespace)
-        self._intermixing = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._intermixing = False
 
 
 def register(sub) -> None:
@@ -63,7 +51,7 @@ def register(sub) -> None:
                        help=f"k-means features: 'mfcc' (iteration 1) or CHECKPOINT:LAYER (later iterations); default: the recipe's, else {d.kmeans_from}")
         q.add_argument("--device", default="auto")
         q.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-        q.__class__ = _IntermixedParser
+        q.__class__ = IntermixedParser
         q.set_defaults(func=run)
     m2ds = kinds.add_parser(
         "m2ds", help="M2D-S: ViT on log-mel, masked modeling duo + denoising distillation (same as s3kit m2ds pretrain)",
@@ -71,7 +59,7 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     configure_pretrain_parser(m2ds)
-    m2ds.__class__ = _IntermixedParser
+    m2ds.__class__ = IntermixedParser
 
 
 def run(args) -> int:

@@ -1,0 +1,54 @@
+"""The demo's stage machinery: finished stages are reused, changed settings rerun them."""
+
+from lhotse import CutSet
+
+from s3kit.config import ConfigError, apply_overrides
+from s3kit.data.manifest import load_cuts, save_cuts
+from s3kit.demo import DemoConfig, _run_stage, _sid_splits
+from s3kit.testing import tone_cuts
+
+import pytest
+
+
+def test_finished_stage_is_reused_and_rerun_on_new_settings(tmp_path):
+    calls = []
+
+    def work():
+        calls.append(1)
+        return {"value": len(calls)}
+
+    log = []
+    assert _run_stage(tmp_path, "s", {"a": 1}, work, log.append) == {"value": 1}
+    assert _run_stage(tmp_path, "s", {"a": 1}, work, log.append) == {"value": 1}
+    assert len(calls) == 1 and "reusing" in log[-1]
+    assert _run_stage(tmp_path, "s", {"a": 2}, work, log.append) == {"value": 2}
+    assert len(calls) == 2
+
+
+def test_interrupted_stage_leaves_nothing_marked_done(tmp_path):
+    def boom():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run_stage(tmp_path, "s", {}, boom, lambda _: None)
+    assert not (tmp_path / "stages" / "s.json").exists()
+
+
+def test_sid_splits_hold_the_same_speakers_and_skip_unlabelled_clips(tmp_path):
+    cuts = list(tone_cuts(tmp_path / "wav", n=12, seconds=(0.4, 0.5)))  # speakers spk0..spk2, 4 clips each
+    silence = cuts[0].with_id("sil0")
+    silence.supervisions = [s.with_offset(0) for s in silence.supervisions]
+    silence.supervisions[0].speaker = None
+    path = save_cuts(CutSet.from_cuts(cuts + [silence]), tmp_path / "kw.jsonl.gz")
+    train, dev, test = (load_cuts(p) for p in _sid_splits(tmp_path, {"keywords_train": str(path)}))
+    spk = lambda cs: sorted({c.supervisions[0].speaker for c in cs})  # noqa: E731
+    assert spk(train) == spk(dev) == spk(test) == ["spk0", "spk1", "spk2"]
+    assert (len(train), len(dev), len(test)) == (6, 3, 3)
+    assert not {c.id for c in train} & {c.id for c in test}
+
+
+def test_demo_config_rejects_typos():
+    with pytest.raises(ConfigError, match="did you mean 'teacher_steps'"):
+        apply_overrides(DemoConfig(), ["teacher_step=10"])
+    with pytest.raises(ValueError, match="'shipped' or 'train'"):
+        DemoConfig(teacher="download")
