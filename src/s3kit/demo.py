@@ -314,6 +314,26 @@ def student_distilhubert(run: Path, cfg: DemoConfig, data: dict, teacher: dict) 
                            f"{cfg.distil_steps} steps (heads dropped)"}
 
 
+def student_dvcc(run: Path, cfg: DemoConfig, data: dict, teacher: dict) -> dict:
+    """The on-device KWS student (`small`: 3 layers, d 256, 1.6 M, 64-d fbank, no CNN) distilled
+    with the dual-view cross-correlation loss on time-averaged teacher features (learned weights
+    over all teacher layers). The teacher-codebook term needs a wav2vec 2.0 teacher; a MelHuBERT
+    has none, so this is the paper's "DVCC w/o T-codebook" row."""
+    from s3kit.config import build
+    from s3kit.methods.dvcc import DVCCConfig, distill_dvcc
+
+    d = build(DVCCConfig, {
+        "student": "small", "loss": "dvcc", "codebook": "none", "batch_size": 64, "max_duration": 64.0,
+        "stats_cuts": 500,
+        "train": {"out_dir": str(run / "dvcc" / "train"), "total_steps": cfg.distil_steps, "lr": 2e-4,
+                  "log_every": 25, "val_every": max(50, cfg.distil_steps // 3),
+                  "save_every": max(50, cfg.distil_steps // 3), "seed": cfg.seed, "device": cfg.device},
+    })
+    result = distill_dvcc(teacher["teacher"], data["keywords_train"], d, val_manifest=data["keywords_dev"])
+    return {"upstream": str(result.checkpoint), "source": "s3kit distill dvcc student=small codebook=none",
+            "description": f"on-device KWS student (1.6 M, fbank input) distilled with DVCC, {cfg.distil_steps} steps"}
+
+
 def student_pruned(run: Path, cfg: DemoConfig, data: dict, teacher: dict) -> dict:
     """Half the heads and half the FFN rows of every layer removed by L1 score (bias paper §3.2,
     after Lin et al.), then fine-tuned to match the unpruned teacher's hidden states."""
@@ -376,6 +396,7 @@ def student_m2ds(run: Path, cfg: DemoConfig, data: dict, teacher: dict) -> dict:
 # student stages: every method that applies to the demo teacher.
 STUDENTS: list[tuple[str, Callable]] = [
     ("distilhubert", student_distilhubert),
+    ("dvcc", student_dvcc),
     ("pruned", student_pruned),
     ("rewired", student_rewired),
     ("m2ds", student_m2ds),
