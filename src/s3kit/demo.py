@@ -226,8 +226,7 @@ def stage_bias(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) 
     names = list(models)
     report = bias([models[n]["upstream"] for n in names], data["speat"], run / "bias", tests=cfg.bias_tests,
                   n_permutations=cfg.permutations, n_bootstrap=2000, layer_permutations=10_000, layer_bootstrap=500,
-                  seed=cfg.seed, device=cfg.device, tsne=True)
-    tsne_files = sorted((run / "bias").glob("tsne_*.png"))
+                  seed=cfg.seed, device=cfg.device, tsne=True, names=names)
     out = {}
     for name, entry in zip(names, report["upstreams"]):
         card = {"bias": {}, "isotropy": entry["isotropy"].get("log10_isotropy") if isinstance(entry["isotropy"], dict) else None}
@@ -236,11 +235,11 @@ def stage_bias(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) 
             card["bias"][test] = {"d": agg.get("d"), "p": agg.get("p_value", agg.get("p")), "ci_low": agg.get("ci_low"),
                                   "ci_high": agg.get("ci_high"), "magnitude": agg.get("magnitude"),
                                   "per_layer": [l.get("d") for l in res.get("per_layer", [])]}
-        match = [p for p in tsne_files if p.stem.endswith(entry["name"].replace("/", "_"))]
-        if match:
+        src = run / "bias" / f"tsne_{name}.png"
+        if src.exists():
             dst = run / "models" / name / "tsne.png"
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(match[0], dst)
+            shutil.copyfile(src, dst)
             card["tsne"] = "tsne.png"
         _write_card(run, name, card)
         out[name] = card

@@ -307,12 +307,14 @@ def plot_across(report: dict, path: Path) -> None:
 def bias(upstreams: list[str], stimuli: str | Path, out: str | Path, tests: str | list[str] = ",".join(DEFAULT_TESTS),
          n_permutations: int = N_PERMUTATIONS, n_bootstrap: int = N_BOOTSTRAP,
          layer_permutations: int = LAYER_PERMUTATIONS, layer_bootstrap: int = LAYER_BOOTSTRAP, level: float = 0.95,
-         seed: int = 0, max_duration: float = 60.0, device: str = "auto", tsne: bool = False) -> dict:
+         seed: int = 0, max_duration: float = 60.0, device: str = "auto", tsne: bool = False,
+         names: list[str] | None = None) -> dict:
     """SpEAT d / p / CI per test, aggregated over layers and per layer, plus isotropy, for each
     upstream (names or paths for ``s3kit.upstream.load_upstream``) on ``stimuli``.
 
     Writes ``bias.json``, ``bias.md``, ``d_per_layer.png`` (and ``d_across_upstreams.png`` for
     several upstreams, ``tsne_<name>.png`` with ``tsne``) under ``out``; returns the JSON dict.
+    ``names``: display names of the upstreams (default: from their paths).
     """
     from s3kit.data.manifest import get_label
     from s3kit.eval.embed import utterance_embeddings
@@ -352,8 +354,10 @@ def bias(upstreams: list[str], stimuli: str | Path, out: str | Path, tests: str 
         "upstreams": [],
     }
     taken: set[str] = set()
-    for spec in upstreams:
-        name = _display_name(str(spec), taken)
+    if names is not None and len(names) != len(upstreams):
+        raise ValueError(f"bias: {len(names)} names for {len(upstreams)} upstreams")
+    for i, spec in enumerate(upstreams):
+        name = names[i] if names is not None else _display_name(str(spec), taken)
         upstream = load_upstream(spec)
         emb = utterance_embeddings(upstream, cuts, max_duration=max_duration, device=device)  # (N, L, D)
         entry = {"name": name, "upstream": str(spec), "num_layers": emb.shape[1], "layers": list(range(emb.shape[1])),
