@@ -28,7 +28,7 @@ from s3kit.config import to_dict
 @dataclass(frozen=True)
 class DemoConfig:
     out: str = "runs/demo"
-    minutes: float = 8.0  # synthetic corpus size (all subsets)
+    minutes: float = 12.0  # synthetic corpus size (all subsets)
     seed: int = 0
     teacher: str = "shipped"  # "shipped": s3kit/assets/demo_teacher; "train": pretrain it here
     teacher_steps: int = 1500  # tiny MelHuBERT masked-prediction updates (with teacher=train)
