@@ -264,3 +264,26 @@ def test_cuda_matches_cpu(name):
     gpu, gpu_n = feat.cuda()(wavs.cuda(), lens.cuda())
     assert gpu_n.cpu().tolist() == cpu_n.tolist()
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-3)
+
+
+def test_front_ends_have_no_trainable_parameters():
+    """lhotse keeps window, mel banks and the log floor as nn.Parameters; an optimiser over a
+    model's parameters must not move a fixed signal transform (a floor below 0 makes log NaN)."""
+    import torch
+
+    from s3kit.features import MFCC, Fbank
+
+    for feat in (Fbank(num_mel_bins=40), MFCC()):
+        assert list(feat.parameters()) == []
+        before = {k: v.clone() for k, v in feat.state_dict().items()}
+        assert before, "constants must stay in the state dict (checkpoints keep loading)"
+        model = torch.nn.Sequential()
+        model.add_module("front", feat)
+        model.add_module("proj", torch.nn.Linear(feat.dim, 1))
+        opt = torch.optim.AdamW(model.parameters(), lr=1.0)
+        wav = torch.randn(2, 8000)
+        feats, _ = feat(wav, torch.tensor([8000, 6000]))
+        model.proj(feats).sum().backward()
+        opt.step()
+        for k, v in feat.state_dict().items():
+            assert torch.equal(v, before[k]), k

@@ -322,7 +322,7 @@ def student_dvcc(run: Path, cfg: DemoConfig, data: dict, teacher: dict) -> dict:
     from s3kit.methods.dvcc import DVCCConfig, distill_dvcc
 
     d = build(DVCCConfig, {
-        "student": "small", "loss": "dvcc", "codebook": "none", "batch_size": 64, "max_duration": 64.0,
+        "student": "small", "loss": "dvcc", "codebook": "none", "batch_size": 32, "max_duration": 32.0,
         "stats_cuts": 500,
         "train": {"out_dir": str(run / "dvcc" / "train"), "total_steps": cfg.distil_steps, "lr": 2e-4,
                   "log_every": 25, "val_every": max(50, cfg.distil_steps // 3),

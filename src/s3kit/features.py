@@ -173,7 +173,22 @@ class _KaldiFeature(_Feature):
 def _build_quietly(cls, **kwargs) -> nn.Module:
     with warnings.catch_warnings():  # lhotse warns on snip_edges=True; we frame ourselves
         warnings.simplefilter("ignore")
-        return cls(**kwargs)
+        return constants_as_buffers(cls(**kwargs))
+
+
+def constants_as_buffers(module: nn.Module) -> nn.Module:
+    """Turn a module's parameters into (persistent) buffers, in place.
+
+    lhotse's Kaldi layers hold the window, the mel filterbank and the log floor ``_eps`` as
+    trainable ``nn.Parameter``s. A front end is a fixed signal transform: an optimiser over
+    ``model.parameters()`` would otherwise move them (a floor pushed below zero makes ``log``
+    NaN) and they would count as model parameters. State-dict keys are unchanged.
+    """
+    for sub in list(module.modules()):
+        for name, param in list(sub.named_parameters(recurse=False)):
+            delattr(sub, name)
+            sub.register_buffer(name, param.detach().clone())
+    return module
 
 
 class Fbank(_KaldiFeature):
