@@ -55,3 +55,16 @@ class Method:
 def test_partial_section_keeps_the_parents_defaults():
     cfg = build(Method, {"optim": {"lr": 3e-4}})
     assert cfg.optim == Optim(lr=3e-4, betas=(0.5, 0.5))
+
+
+@dataclass(frozen=True)
+class WithMapping:
+    model: dict = field(default_factory=dict)
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_dotted_override_into_a_mapping_field():
+    cfg = apply_overrides(WithMapping(), ["model.num_layers=2", "model.width=64"])
+    assert cfg.model == {"num_layers": 2, "width": 64}
+    with pytest.raises(ConfigError, match="did you mean 'optim.lr'"):
+        apply_overrides(WithMapping(), ["optim.lrr=1"])

@@ -236,6 +236,8 @@ def apply_overrides(cfg: C, overrides: list[str]) -> C:
             if p not in types_:
                 raise _unknown(".".join(path[: i + 1]), [".".join(path[:i] + [k]) for k in types_], "overrides")
             if i < len(path) - 1:
+                if dict in (types_[p], typing.get_origin(types_[p])):  # free-form mapping (e.g. model={...}): any keys below
+                    break
                 nxt = _dataclass_of(types_[p])
                 if nxt is None:
                     raise ConfigError(f"override '{text}': '{p}' is not a section")
