@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--version", default=None, help="speechcommands*: dataset version 1 or 2 (default 1)")
     p.add_argument("--name", default=None, help="noise: manifest name prefix (default noise)")
     p.add_argument("--test-sessions", type=int, nargs="+", default=None, help="iemocap: folds to write (default all present)")
+    p.add_argument("--phones", action="store_true",
+                   help="librispeech: add IPA phone transcripts from espeak-ng's front end (for the PR probe)")
     p.set_defaults(func=run_prepare)
 
     d = _defaults(stratified_subset)
@@ -64,6 +66,10 @@ def run_prepare(args) -> int:
         options["name"] = args.name
     if args.test_sessions is not None:
         options["test_sessions"] = args.test_sessions
+    if args.phones:
+        if args.corpus != "librispeech":
+            raise ValueError("--phones is for librispeech (other corpora have their own labels)")
+        options["phones"] = True
     splits = prepare(args.corpus, args.root, args.out, **options)
     for split, cuts in splits.items():
         print(f"{args.corpus} {split}: {len(cuts)} cuts")

@@ -13,7 +13,10 @@ Layout (as unpacked from openslr.org/12; Mini LibriSpeech parts work too)::
       dev-clean/ ...  test-clean/ ...
 
 Writes ``OUT/librispeech_<part>.jsonl.gz`` for each part present (``speaker``, ``gender``, ``text``).
-Phone transcripts (``phones``) are not in LibriSpeech; they come from an aligner or the synthetic corpus.
+Phone transcripts (``phones``) are not in LibriSpeech. With ``phones=True`` they are made from
+each transcript by espeak-ng's front end (IPA, stress dropped; the synthetic corpus uses the same),
+an offline stand-in for SUPERB PR's lexicon-based phonemes: scores are comparable between models
+prepared the same way, not with published SUPERB PR numbers.
 """
 
 from __future__ import annotations
@@ -59,8 +62,10 @@ def read_speakers(path: Path) -> dict[str, str]:
     return genders
 
 
-def prepare_librispeech(root: str | Path, out: str | Path | None = None, force: bool = False, num_jobs: int = 1) -> dict:
-    """LibriSpeech manifests, one per part present; returns ``{part: CutSet}``."""
+def prepare_librispeech(root: str | Path, out: str | Path | None = None, force: bool = False, num_jobs: int = 1,
+                        phones: bool = False) -> dict:
+    """LibriSpeech manifests, one per part present; returns ``{part: CutSet}``.
+    ``phones``: also write espeak-ng IPA phone transcripts (``custom["phones"]``)."""
     from lhotse.recipes import prepare_librispeech as lhotse_prepare
 
     root = require_dir(root, CORPUS, "the unpacked LibriSpeech/ folder with train-clean-100/ etc. (docs/data.md)")
@@ -76,8 +81,13 @@ def prepare_librispeech(root: str | Path, out: str | Path | None = None, force: 
     genders = read_speakers(root / "SPEAKERS.TXT")
     manifests = lhotse_prepare(root, dataset_parts=parts, output_dir=None, num_jobs=num_jobs)
 
+    if phones:
+        from s3kit.data.tts import phonemize
+
     def add_gender(cut, sup):
         sup.gender = genders.get(sup.speaker, sup.gender)
+        if phones:
+            sup.custom = {**(sup.custom or {}), "phones": " ".join(phonemize(sup.text.lower()))}
         return sup
 
     splits = {p: relabel(cuts_from(m["recordings"], m["supervisions"]), add_gender) for p, m in manifests.items()}
