@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s3kit.upstream.base import Hidden, Upstream, full_lengths
+from s3kit.upstream.base import EncoderUpstream, full_lengths
 
 SAMPLE_RATE = 16000
 FBANK_BINS = 64  # §3.1: 64-D LFBE
@@ -208,23 +208,16 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-class KWSStudentUpstream(Upstream):
+class KWSStudentUpstream(EncoderUpstream):
     """A :class:`KWSStudent` behind the upstream protocol (100 Hz frames, ``num_layers + 1`` states)."""
 
     frame_rate = FRAME_RATE
 
     def __init__(self, encoder: KWSStudent, name: str = "kws_student"):
-        super().__init__()
-        self.encoder = encoder
-        self.name = name
-        self.hidden_sizes = [encoder.config.hidden_size] * (encoder.config.num_layers + 1)
+        super().__init__(encoder, name)
 
     def num_frames(self, lengths: Tensor) -> Tensor:
         return num_frames(lengths)
-
-    def forward(self, wavs: Tensor, lengths: Tensor | None = None) -> Hidden:
-        feats, flen = self.encoder.features(wavs, lengths)
-        return Hidden(states=self.encoder(feats, flen), lengths=flen, frame_rate=self.frame_rate)
 
 
 UPSTREAM_LOADER = "s3kit.models.kws_student:upstream_from_checkpoint"

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s3kit.upstream.base import Hidden, Upstream, full_lengths
+from s3kit.upstream.base import EncoderUpstream, full_lengths
 
 SAMPLE_RATE = 16000
 FBANK_WINDOW = 400  # 25 ms analysis window (Kaldi default)
@@ -276,24 +276,17 @@ def _init_bert(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-class MelHubertUpstream(Upstream):
+class MelHubertUpstream(EncoderUpstream):
     """A MelHuBERT encoder behind the upstream protocol (20 ms frames, ``num_layers + 1`` states)."""
 
     name = "melhubert"
     frame_rate = FRAME_RATE
 
     def __init__(self, encoder: MelHubert, name: str = "melhubert"):
-        super().__init__()
-        self.encoder = encoder
-        self.name = name
-        self.hidden_sizes = [encoder.config.hidden_size] * (encoder.config.num_layers + 1)
+        super().__init__(encoder, name)
 
     def num_frames(self, lengths: Tensor) -> Tensor:
         return num_frames(lengths)
-
-    def forward(self, wavs: Tensor, lengths: Tensor | None = None) -> Hidden:
-        feats, flen = self.encoder.features(wavs, lengths)
-        return Hidden(states=self.encoder(feats, flen), lengths=flen, frame_rate=self.frame_rate)
 
 
 UPSTREAM_LOADER = "s3kit.models.melhubert:upstream_from_checkpoint"

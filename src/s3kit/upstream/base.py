@@ -72,3 +72,19 @@ def full_lengths(wavs: Tensor, lengths: Tensor | None) -> Tensor:
     if lengths is None:
         return torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
     return lengths.to(device=wavs.device, dtype=torch.long)
+
+
+class EncoderUpstream(Upstream):
+    """An s3kit encoder behind the protocol: ``encoder.features(wavs, lengths) -> (feats,
+    frame_lengths)`` then ``encoder(feats, frame_lengths) -> states``; ``encoder.config`` has
+    ``hidden_size`` and ``num_layers``. Subclasses set ``frame_rate`` and ``num_frames``."""
+
+    def __init__(self, encoder: nn.Module, name: str):
+        super().__init__()
+        self.encoder = encoder
+        self.name = name
+        self.hidden_sizes = [encoder.config.hidden_size] * (encoder.config.num_layers + 1)
+
+    def forward(self, wavs: Tensor, lengths: Tensor | None = None) -> Hidden:
+        feats, flen = self.encoder.features(wavs, lengths)
+        return Hidden(states=self.encoder(feats, flen), lengths=flen, frame_rate=self.frame_rate)
