@@ -4,9 +4,11 @@ Stages (each resumable: a finished stage leaves ``RUN/stages/<name>.json`` and i
 the next run with the same settings; training stages also resume from their last checkpoint):
 
 1. ``corpus``    synthesise the TTS corpus (keywords, commands, sentences, noise, SpEAT sets);
-2. ``teacher``   pretrain a tiny MelHuBERT teacher (MFCC k-means targets), and keep its
-                 random initialisation as a control;
-3. students      every compression / distillation method that applies to the teacher;
+2. ``teacher``   the tiny MelHuBERT teacher shipped in ``s3kit/assets/demo_teacher`` (or, with
+                 ``teacher=train``, pretrain one: MFCC k-means targets), plus the same
+                 architecture at random initialisation as a control;
+3. students      DistilHuBERT, DVCC (on-device KWS student), head+row pruning, Twin rewiring
+                 and M2D-S, each from the teacher;
 4. ``probe``     SUPERB-style probes (KS, IC, SID, PR) of every model, plus speed and size;
 5. ``bias``      SpEAT d with p-values per model and per layer, isotropy, t-SNE;
 6. ``report``    ``RUN/report/index.html`` + ``index.md``: a card per model, tables, plots.

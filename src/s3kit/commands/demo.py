@@ -11,8 +11,9 @@ def register(sub) -> None:
     d = DemoConfig()
     p = sub.add_parser(
         "demo",
-        help="synthesise a corpus, pretrain a tiny teacher, compress it, probe and audit everything, write a report",
-        description="The main job on the synthetic corpus, on CPU: corpus -> tiny MelHuBERT teacher -> students "
+        help="synthesise a corpus, take the tiny teacher, compress it, probe and audit everything, write a report",
+        description="The main job on the synthetic corpus, on CPU: corpus -> tiny MelHuBERT teacher (shipped; "
+        "teacher=train pretrains one) -> students "
         "-> SUPERB-style probes, speed/size, SpEAT bias, isotropy -> OUT/report/index.html. Finished stages are "
         "reused on the next run; extra settings as key=value (e.g. teacher_steps=1000).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
