@@ -98,6 +98,14 @@ def set_custom(sup, **labels):
     return sup
 
 
+def whole_recording(rec, **labels):
+    """A supervision covering all of ``rec`` (id = recording id, channel 0) carrying ``labels``
+    (lhotse fields such as ``speaker``, ``gender``, ``text``, ``language``, ``custom``)."""
+    from lhotse import SupervisionSegment
+
+    return SupervisionSegment(id=rec.id, recording_id=rec.id, start=0.0, duration=rec.duration, channel=0, **labels)
+
+
 def cuts_from(recordings, supervisions=None):
     """One cut per recording, carrying its supervisions (lhotse's ``CutSet.from_manifests``); the
     cut id is the recording id (lhotse appends a ``-<index>`` we do not need)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from s3kit.data.recipes._common import GENDERS, RecipeError, bad_line, cached, cuts_from, finish, require_dir
+from s3kit.data.recipes._common import GENDERS, RecipeError, bad_line, cached, cuts_from, finish, require_dir, whole_recording
 
 CORPUS = "slu"
 SPLITS = ("train", "valid", "test")
@@ -61,7 +61,7 @@ def read_demographics(path: Path) -> dict[str, dict]:
 
 def prepare_slu(root: str | Path, out: str | Path | None = None, force: bool = False) -> dict:
     """Fluent Speech Commands manifests; returns ``{split: CutSet}``."""
-    from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
+    from lhotse import Recording, RecordingSet, SupervisionSet
 
     if (done := cached(out, CORPUS, SPLITS, force)) is not None:
         return done
@@ -83,13 +83,8 @@ def prepare_slu(root: str | Path, out: str | Path | None = None, force: bool = F
                 custom["age"] = spk["age"]
             recordings.append(rec)
             supervisions.append(
-                SupervisionSegment(
-                    id=rid,
-                    recording_id=rid,
-                    start=0.0,
-                    duration=rec.duration,
-                    channel=0,
-                    language="English",
+                whole_recording(
+                    rec, language="English",
                     text=row["transcription"],
                     speaker=row["speakerId"],
                     gender=spk.get("gender"),

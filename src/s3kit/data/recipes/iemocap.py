@@ -34,6 +34,7 @@ import numpy as np
 from s3kit.data.recipes._common import (
     RecipeError,
     bad_line,
+    whole_recording,
     cached,
     cuts_from,
     finish,
@@ -97,7 +98,7 @@ def prepare_iemocap(
 
     ``test_sessions``: the folds to write (default: every session present under ``root``).
     """
-    from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
+    from lhotse import Recording, RecordingSet, SupervisionSet
 
     root = require_dir(root, CORPUS, "IEMOCAP_full_release with Session1..Session5/ (see docs/data.md)")
     present = [k for k in SESSIONS if (root / f"Session{k}").is_dir()]
@@ -125,13 +126,8 @@ def prepare_iemocap(
                 rec = Recording.from_file(wav, recording_id=utt)
                 recordings.append(rec)
                 supervisions.append(
-                    SupervisionSegment(
-                        id=utt,
-                        recording_id=utt,
-                        start=0.0,
-                        duration=rec.duration,
-                        channel=0,
-                        language="English",
+                    whole_recording(
+                    rec, language="English",
                         speaker=f"Ses{sess:02d}{letter}",
                         gender="female" if letter == "F" else "male",
                         custom={"emotion": emotion, "session": sess},

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from s3kit.data.recipes._common import RecipeError, cached, finish, recording_id, require_dir
+from s3kit.data.recipes._common import RecipeError, cached, finish, recording_id, require_dir, whole_recording
 
 CORPUS = "noise"
 EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -25,7 +25,7 @@ EXTENSIONS = (".wav", ".flac", ".ogg")
 
 def prepare_noise(root: str | Path, out: str | Path | None = None, name: str = CORPUS, force: bool = False) -> dict:
     """Every audio file under ``root`` as one cut; returns ``{"all": CutSet}``."""
-    from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
+    from lhotse import Recording, RecordingSet, SupervisionSet
 
     from s3kit.data.recipes._common import cuts_from
 
@@ -47,7 +47,8 @@ def prepare_noise(root: str | Path, out: str | Path | None = None, name: str = C
         recordings.append(rec)
         cls = path.parent.relative_to(root).as_posix()
         supervisions.append(
-            SupervisionSegment(id=rid, recording_id=rid, start=0.0, duration=rec.duration, channel=0, custom={"noise_class": cls})
+            whole_recording(
+                    rec, custom={"noise_class": cls})
         )
     cuts = cuts_from(RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(supervisions))
     return finish(name, {"all": cuts}, out)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from s3kit.data.recipes._common import GENDERS, RecipeError, bad_line, cached, cuts_from, finish, recording_id
+from s3kit.data.recipes._common import GENDERS, RecipeError, bad_line, cached, cuts_from, finish, recording_id, whole_recording
 
 CORPUS = "speat"
 REQUIRED = ("path", "concept", "group")
@@ -56,7 +56,7 @@ def read_stimuli(path: Path) -> list[tuple[int, dict]]:
 
 def prepare_speat(root: str | Path, out: str | Path | None = None, force: bool = False) -> dict:
     """One CutSet per stimulus CSV; returns ``{csv stem: CutSet}``."""
-    from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
+    from lhotse import Recording, RecordingSet, SupervisionSet
 
     root = Path(root)
     if root.is_file():
@@ -81,13 +81,8 @@ def prepare_speat(root: str | Path, out: str | Path | None = None, force: bool =
             rec = Recording.from_file(wav, recording_id=rid)
             recordings.append(rec)
             supervisions.append(
-                SupervisionSegment(
-                    id=rid,
-                    recording_id=rid,
-                    start=0.0,
-                    duration=rec.duration,
-                    channel=0,
-                    speaker=row.get("speaker") or None,
+                whole_recording(
+                    rec, speaker=row.get("speaker") or None,
                     gender=GENDERS.get((row.get("gender") or "").lower()),
                     custom={"concept": row["concept"], "group": row["group"]},
                 )
