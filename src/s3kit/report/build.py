@@ -77,6 +77,16 @@ def cards_metric(cards: list[dict], task: str) -> str:
     return "score"
 
 
+def _save(fig, path: Path, caption: str) -> tuple[str, str]:
+    """Write ``fig`` as a PNG, close it, and return ``(caption, file name)``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return caption, path.name
+
+
 def _plots(cards: list[dict], plots: Path) -> list[tuple[str, str]]:
     """(caption, file name) of every plot made."""
     import matplotlib
@@ -102,10 +112,7 @@ def _plots(cards: list[dict], plots: Path) -> list[tuple[str, str]]:
             ax.set_ylabel(f"{t.upper()} {cards_metric(cards, t)}")
             ax.set_xscale("log")
             ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(plots / "score_vs_params.png", dpi=110)
-        plt.close(fig)
-        made.append(("Downstream score against model size", "score_vs_params.png"))
+        made.append(_save(fig, plots / "score_vs_params.png", "Downstream score against model size"))
     # learned layer weights
     weighted = [(c["name"], t, c["probe"][t]["layer_weights"]) for c in cards for t in tasks
                 if t in c.get("probe", {}) and c["probe"][t].get("layer_weights")]
@@ -121,10 +128,7 @@ def _plots(cards: list[dict], plots: Path) -> list[tuple[str, str]]:
             ax.set_ylabel("softmax weight")
             if rows:
                 ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(plots / "layer_weights.png", dpi=110)
-        plt.close(fig)
-        made.append(("Learned layer weights of the probes (index 0 = input of layer 1)", "layer_weights.png"))
+        made.append(_save(fig, plots / "layer_weights.png", "Learned layer weights of the probes (index 0 = input of layer 1)"))
     # SpEAT d per model and per layer
     cats = sorted({k for c in cards for k in c.get("bias", {})})
     if cats:
@@ -142,10 +146,7 @@ def _plots(cards: list[dict], plots: Path) -> list[tuple[str, str]]:
             ax.axhline(y, color="grey", lw=0.5, ls=":")
         ax.set_ylabel("SpEAT d")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(plots / "speat_d.png", dpi=110)
-        plt.close(fig)
-        made.append(("SpEAT effect size per model (dotted: 0.2 / 0.5 / 0.8 = small / medium / large)", "speat_d.png"))
+        made.append(_save(fig, plots / "speat_d.png", "SpEAT effect size per model (dotted: 0.2 / 0.5 / 0.8 = small / medium / large)"))
         per_layer = [(c["name"], cat, c["bias"][cat]["per_layer"]) for c in cards for cat in cats
                      if cat in c.get("bias", {}) and c["bias"][cat].get("per_layer")]
         if per_layer:
@@ -155,10 +156,7 @@ def _plots(cards: list[dict], plots: Path) -> list[tuple[str, str]]:
             ax.set_xlabel("layer")
             ax.set_ylabel("SpEAT d")
             ax.legend(fontsize=6)
-            fig.tight_layout()
-            fig.savefig(plots / "speat_d_per_layer.png", dpi=110)
-            plt.close(fig)
-            made.append(("SpEAT d per layer", "speat_d_per_layer.png"))
+            made.append(_save(fig, plots / "speat_d_per_layer.png", "SpEAT d per layer"))
     # t-SNE images produced by the analysis stage
     for c in cards:
         if c.get("tsne"):
