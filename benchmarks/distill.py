@@ -1,11 +1,17 @@
 """DistilHuBERT costs, measured side by side in one run.
 
 1. Training steps per second with the teacher-feature cache vs with the live teacher
-   (a 12-layer teacher at moderate width, a 2-layer student, the same batches).
+   (a 12-layer teacher at moderate width, a 2-layer student, the same batches), and the bound
+   arithmetic puts on that ratio: with the live teacher a step costs the teacher's forward pass
+   plus the student's forward + backward (about 3 forward passes), so in one precision
+   ``speed-up <= 1 + MACs(teacher) / (3 MACs(student))``, which stays below 3 for any 12-layer
+   teacher and 2-layer student of the same width and CNN. A ratio of 3 or more needs the student
+   in reduced precision while the teacher runs fp32, as s3prl does on GPU (``--amp``, on by
+   default on CUDA), or a frozen student CNN (``--feature-grad-mult 0``).
 2. Student vs teacher at HuBERT-Base shape (random init): parameter ratio and CPU inference
    speed-up, batch size one (the paper's Table 2: 25 % and 1.73x).
 
-Usage: ``python benchmarks/distill.py [--hidden 256 --conv 256 --steps 12 --device cpu]``.
+Usage: ``python benchmarks/distill.py [--hidden 256 --conv 64 --steps 8 --device cpu]``.
 The last line is the headline ``distill_cache_speedup: <ratio>x``.
 """
 
@@ -34,8 +40,10 @@ def corpus(root: Path, n: int, seconds: float, seed: int = 0):
     return CutSet.from_manifests(recordings=RecordingSet.from_recordings(recs))
 
 
-def steps_per_second(methods: dict, batches, steps: int, device) -> dict[str, float]:
-    """Steps/s of each method; their steps are interleaved so load drift hits them alike."""
+def steps_per_second(methods: dict, batches, steps: int, device, amp: bool = False) -> dict[str, float]:
+    """Steps/s of each method; their steps are interleaved so load drift hits them alike.
+    ``amp``: the student under bf16 autocast, as the trainer runs it on CUDA (the teacher is fp32
+    either way)."""
     opts = {k: torch.optim.Adam(m.trainable_parameters(), lr=1e-4) for k, m in methods.items()}
     spent = dict.fromkeys(methods, 0.0)
 
@@ -43,7 +51,9 @@ def steps_per_second(methods: dict, batches, steps: int, device) -> dict[str, fl
         method, opt = methods[name], opts[name]
         method.train()
         opt.zero_grad(set_to_none=True)
-        method.step(b.to(device))["loss"].backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = method.step(b.to(device))["loss"]
+        loss.backward()
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -56,6 +66,29 @@ def steps_per_second(methods: dict, batches, steps: int, device) -> dict[str, fl
             one(name, batches[i % len(batches)])
             spent[name] += time.perf_counter() - t
     return {k: steps / v for k, v in spent.items()}
+
+
+def arithmetic_bound(teacher, student, feature_grad_mult: float) -> float:
+    """``1 + MACs(teacher fwd) / MACs(student fwd + bwd)``: the cache speed-up when every MAC costs
+    the same. Backward ~ 2 x forward; a frozen CNN (``feature_grad_mult == 0``) has no backward."""
+    from s3kit.eval.efficiency import count_macs
+
+    t, s = count_macs(teacher), count_macs(student)
+    if feature_grad_mult == 0:
+        cnn = count_macs(_CNNOnly(student))
+        train = cnn + 3 * (s - cnn)
+    else:
+        train = 3 * s
+    return 1 + t / train
+
+
+class _CNNOnly(torch.nn.Module):
+    def __init__(self, upstream):
+        super().__init__()
+        self.upstream = upstream
+
+    def forward(self, wav):
+        return self.upstream.cnn(wav, torch.tensor([wav.shape[1]]))
 
 
 def inference_time(model, wav, reps: int) -> float:
@@ -85,9 +118,14 @@ def main() -> None:
     ap.add_argument("--batch-seconds", type=float, default=8.0)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3, help="inference repetitions (median)")
+    ap.add_argument("--feature-grad-mult", type=float, default=0.1,
+                    help="gradient scale into the student CNN (recipe: 0.1; 0 freezes it)")
+    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                    help="student in bf16 autocast (default: on for CUDA, off for CPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
+    amp = device.type == "cuda" if args.amp is None else args.amp
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,20 +137,23 @@ def main() -> None:
         cache = ensure_cache(tmp / "cache", teacher, [4, 8, 12], cuts, progress=False)
         build_s = time.perf_counter() - t
         batches = list(make_loader(cuts, max_duration=args.batch_seconds, seed=0))
-        cfg = DistilConfig(layers=2, targets=(4, 8, 12))
+        cfg = DistilConfig(layers=2, targets=(4, 8, 12), feature_grad_mult=args.feature_grad_mult)
         torch.manual_seed(0)
         live = DistilHuBERT(teacher, cfg).to(device)
         torch.manual_seed(0)
         cached = DistilHuBERT(teacher, cfg, cache=cache).to(device)
-        sps = steps_per_second({"live": live, "cache": cached}, batches, args.steps, device)
+        sps = steps_per_second({"live": live, "cache": cached}, batches, args.steps, device, amp=amp)
         sps_live, sps_cache = sps["live"], sps["cache"]
         audio_s = sum(c.duration for c in cuts)
-        print(f"teacher 12 x {args.hidden} (CNN {args.conv}), student 2 layers, {len(batches)} batches of "
-              f"<= {args.batch_seconds:.0f} s, {args.steps} steps on {device}")
+        bound = arithmetic_bound(teacher.cpu(), live.student.cpu(), args.feature_grad_mult)
+        print(f"teacher 12 x {args.hidden} (CNN {args.conv}), student 2 layers, CNN gradient x "
+              f"{args.feature_grad_mult:g}, {len(batches)} batches of <= {args.batch_seconds:.0f} s, "
+              f"{args.steps} steps on {device}{' (student bf16 autocast)' if amp else ''}")
         print(f"cache build: {build_s:.2f} s for {audio_s:.0f} s of audio "
               f"({sum(f.stat().st_size for f in cache.directory.iterdir()) / 1e6:.1f} MB on disk)")
         print(f"steps/s live teacher: {sps_live:.2f}")
         print(f"steps/s cached teacher: {sps_cache:.2f}")
+        print(f"arithmetic bound in one precision (1 + teacher MACs / student train MACs): {bound:.2f}x")
         ratio = sps_cache / sps_live
 
     # HuBERT-Base shape: the paper's Table 2 comparison (random weights; speed does not depend on them)

@@ -428,3 +428,32 @@ def test_compression_study_distils_melhubert(mh_setup, tmp_path):
     assert note is None
     assert [r["layers"] for r in rows] == [1, 2] and all(r["targets"] == [1, 3] for r in rows)
     assert rows[0]["params"] < rows[1]["params"]
+
+
+def test_feature_grad_mult_scales_and_freezes_cnn_gradient(setup):
+    """s3prl's ``feature_grad_mult``: the CNN gradient is the unscaled one times m; 0 freezes it
+    (no CNN gradient, no CNN parameters to optimise) and leaves the forward pass unchanged."""
+    _, teacher, train_cuts, _ = setup
+    from s3kit.data.loader import make_loader
+
+    batch = next(iter(make_loader(train_cuts, max_duration=5.0, seed=0)))
+    grads, losses, methods = {}, {}, {}
+    for m in (1.0, 0.1, 0.0):
+        torch.manual_seed(0)
+        method = DistilHuBERT(teacher, DistilConfig(layers=2, targets=(2, 4), feature_grad_mult=m)).eval()
+        loss = method.step(batch)["loss"]
+        loss.backward()
+        fe = method.student_model.feature_extractor
+        grads[m] = [p.grad for p in fe.parameters()]
+        losses[m], methods[m] = float(loss.detach()), method
+        later = method.student_model.encoder.layers[0].attention.q_proj.weight.grad
+        assert later is not None and later.abs().sum() > 0
+    assert losses[1.0] == losses[0.1] == losses[0.0]  # the forward pass is the same
+    for g1, g01 in zip(grads[1.0], grads[0.1]):
+        assert g1.abs().sum() > 0
+        torch.testing.assert_close(g01, 0.1 * g1, rtol=1e-4, atol=1e-9)
+    assert all(g is None for g in grads[0.0])
+    frozen = {id(p) for p in methods[0.0].student_model.feature_extractor.parameters()}
+    assert not frozen & {id(p) for p in methods[0.0].trainable_parameters()}
+    with pytest.raises(ValueError, match="feature_grad_mult"):
+        DistilConfig(feature_grad_mult=-1)

@@ -44,3 +44,36 @@ def test_report_cli_and_missing_run(tmp_path, capsys):
     _card(tmp_path, "m", 10, 0.5, 0.5, 0.0)
     assert main(["report", str(tmp_path)]) == 0
     assert (tmp_path / "report" / "index.html").exists()
+
+
+def test_report_renders_extra_sections_with_their_plots(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _card(tmp_path, "teacher", 2_000_000, 0.91, 0.31, 0.9)
+    fig = plt.figure()
+    plt.plot([0, 1], [1, 0])
+    fig.savefig(tmp_path / "tsne_rewired.png")
+    plt.close(fig)
+    (tmp_path / "sections").mkdir()
+    (tmp_path / "sections" / "rewiring.json").write_text(json.dumps({
+        "title": "Rewiring", "text": "teacher vs rewired",
+        "tables": [{"title": "Low-resource KS", "header": ["fraction", "model", "acc"],
+                    "rows": [["10%", "teacher", "0.412"], ["10%", "rewired", "0.523"]]}],
+        "plots": [{"caption": "t-SNE rewired", "file": str(tmp_path / "tsne_rewired.png")},
+                  {"caption": "gone", "file": str(tmp_path / "missing.png")}],
+    }))
+    page = build_report(tmp_path)
+    text = page.read_text()
+    assert "<h2>Rewiring</h2>" in text and "<td>0.523</td>" in text
+    images = re.findall(r"src='([^']+)'", text)
+    sec = [i for i in images if "tsne_rewired" in i]
+    assert len(sec) == 1 and (page.parent / sec[0]).read_bytes()[:4] == b"\x89PNG"
+    assert "gone" not in text  # a plot whose file is missing is left out, not a broken image
+    md = (page.parent / "index.md").read_text()
+    assert "| 10% | rewired | 0.523 |" in md
+    (tmp_path / "sections" / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="bad.json"):
+        build_report(tmp_path)

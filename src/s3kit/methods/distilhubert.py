@@ -53,6 +53,8 @@ class DistilConfig:
     keep_heads: ablation "w/ prediction heads": the rebuilt upstream appends the head outputs.
     crop_samples: random, frame-aligned training crop of longer utterances (None: no crop).
     batch_size / max_duration: utterances and seconds of audio per batch (paper: 24 utterances).
+    feature_grad_mult: scale of the gradient into the student's CNN (s3prl's recipe: 0.1; the paper
+        is silent); 0 freezes the CNN and skips its backward pass. MelHuBERT students have no CNN.
     """
 
     layers: int = 2
@@ -63,6 +65,7 @@ class DistilConfig:
     hidden_layers_no_heads: bool = False
     keep_heads: bool = False
     init_from_teacher: bool = True
+    feature_grad_mult: float = 0.1
     crop_samples: int | None = CROP_SAMPLES
     batch_size: int = 24
     max_duration: float = 400.0
@@ -72,6 +75,8 @@ class DistilConfig:
     def __post_init__(self):
         if self.layers < 1:
             raise ValueError(f"layers must be >= 1, got {self.layers}")
+        if self.feature_grad_mult < 0:
+            raise ValueError(f"feature_grad_mult must be >= 0 (0 freezes the CNN), got {self.feature_grad_mult}")
         if not self.targets and not self.pred_last_only:
             raise ValueError("targets is empty: give teacher layer indices such as [4, 8, 12]")
         if self.pred_last_only and self.hidden_layers_no_heads:
@@ -265,6 +270,10 @@ class DistilHuBERT(nn.Module):
             teacher_net.config.layerdrop = 0.0
         self.targets = cfg.resolve_targets(_depth(teacher_net))
         self.student = _as_upstream(build_student(teacher_net, cfg.layers, cfg.init_from_teacher), "distilhubert")
+        if isinstance(self.student, HFUpstream):
+            self.student.feature_grad_mult = cfg.feature_grad_mult
+            if cfg.feature_grad_mult == 0:
+                self.student.model.feature_extractor.requires_grad_(False)
         dim = _net(self.student).config.hidden_size
         dim_t = teacher_net.config.hidden_size
         self.teacher_dim = dim_t

@@ -28,6 +28,37 @@ def load_cards(run_dir: str | Path) -> list[dict]:
     return cards
 
 
+def load_sections(run_dir: str | Path) -> list[dict]:
+    """Extra report sections written by analysis stages: ``RUN/sections/*.json``, each
+    ``{"title", "text"?, "tables": [{"title", "header", "rows"}], "plots": [{"caption", "file"}]}``."""
+    sections = []
+    for p in sorted(Path(run_dir).glob("sections/*.json")):
+        try:
+            sec = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: not valid JSON ({e})") from e
+        if "title" not in sec:
+            raise ValueError(f"{p}: a report section needs a 'title'")
+        sec.setdefault("tables", [])
+        sec.setdefault("plots", [])
+        sections.append(sec)
+    return sections
+
+
+def _section_plots(sections: list[dict], plots: Path) -> None:
+    """Copy each section's plot files into ``plots`` and point ``file`` at the copy's name."""
+    plots.mkdir(parents=True, exist_ok=True)
+    for i, sec in enumerate(sections):
+        kept = []
+        for plot in sec["plots"]:
+            src = Path(plot["file"])
+            if src.exists():
+                name = f"section{i}_{src.name}"
+                shutil.copyfile(src, plots / name)
+                kept.append({"caption": plot.get("caption", src.stem), "file": name})
+        sec["plots"] = kept
+
+
 def _fmt(v, digits=3) -> str:
     if v is None:
         return "–"
@@ -168,12 +199,21 @@ def _plots(cards: list[dict], plots: Path) -> list[tuple[str, str]]:
     return made
 
 
-def _markdown(title: str, cards: list[dict], tables, plots) -> str:
+def _markdown(title: str, cards: list[dict], tables, plots, sections=()) -> str:
     lines = [f"# {title}", ""]
     for t, header, rows in tables:
         lines += [f"## {t}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines.append("")
+    for sec in sections:
+        lines += [f"## {sec['title']}", ""]
+        if sec.get("text"):
+            lines += [sec["text"], ""]
+        for tab in sec["tables"]:
+            lines += [f"### {tab['title']}", "", "| " + " | ".join(tab["header"]) + " |", "|" + "---|" * len(tab["header"])]
+            lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in tab["rows"]]
+            lines.append("")
+        lines += [f"![{p['caption']}](plots/{p['file']})\n\n{p['caption']}\n" for p in sec["plots"]]
     lines += ["## Model cards", ""]
     for c in cards:
         lines += [f"### {c['name']}", "", c.get("description", ""), ""]
@@ -185,7 +225,7 @@ def _markdown(title: str, cards: list[dict], tables, plots) -> str:
     return "\n".join(lines)
 
 
-def _html(title: str, cards: list[dict], tables, plots) -> str:
+def _html(title: str, cards: list[dict], tables, plots, sections=()) -> str:
     esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -200,6 +240,17 @@ def _html(title: str, cards: list[dict], tables, plots) -> str:
         parts.append(f"<h2>{esc(t)}</h2><table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>")
         parts += ["<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r) + "</tr>" for r in rows]
         parts.append("</tbody></table>")
+    for sec in sections:
+        parts.append(f"<h2>{esc(sec['title'])}</h2>")
+        if sec.get("text"):
+            parts.append(f"<p>{esc(sec['text'])}</p>")
+        for tab in sec["tables"]:
+            parts.append(f"<h3>{esc(tab['title'])}</h3><table><thead><tr>"
+                         + "".join(f"<th>{esc(str(h))}</th>" for h in tab["header"]) + "</tr></thead><tbody>")
+            parts += ["<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in r) + "</tr>" for r in tab["rows"]]
+            parts.append("</tbody></table>")
+        parts += [f"<figure><img src='plots/{esc(p['file'])}' alt='{esc(p['caption'])}'>"
+                  f"<figcaption>{esc(p['caption'])}</figcaption></figure>" for p in sec["plots"]]
     if plots:
         parts.append("<h2>Plots</h2>")
         parts += [f"<figure><img src='plots/{esc(f)}' alt='{esc(cap)}'><figcaption>{esc(cap)}</figcaption></figure>" for cap, f in plots]
@@ -224,14 +275,17 @@ def _html(title: str, cards: list[dict], tables, plots) -> str:
 
 
 def build_report(run_dir: str | Path, title: str = "s3kit report") -> Path:
-    """Write ``RUN/report/index.html`` and ``index.md`` from the run's model cards; returns the HTML path."""
+    """Write ``RUN/report/index.html`` and ``index.md`` from the run's model cards and extra
+    sections (:func:`load_sections`); returns the HTML path."""
     run_dir = Path(run_dir)
     cards = load_cards(run_dir)
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     tables = _tables(cards)
     plots = _plots(cards, out / "plots")
-    (out / "index.md").write_text(_markdown(title, cards, tables, plots))
+    sections = load_sections(run_dir)
+    _section_plots(sections, out / "plots")
+    (out / "index.md").write_text(_markdown(title, cards, tables, plots, sections))
     page = out / "index.html"
-    page.write_text(_html(title, cards, tables, plots))
+    page.write_text(_html(title, cards, tables, plots, sections))
     return page

@@ -44,6 +44,19 @@ def _load_model(name_or_path: str | Path, attn_implementation: str | None = None
     return model
 
 
+class GradMultiply(torch.autograd.Function):
+    """Identity forward; the backward pass multiplies the gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.scale, None
+
+
 class HFUpstream(Upstream):
     """A transformers ``HubertModel`` / ``Wav2Vec2Model`` / ``WavLMModel`` behind the upstream protocol.
 
@@ -54,10 +67,17 @@ class HFUpstream(Upstream):
             ``feat_extract_norm == "layer"`` convention (Large models were trained normalised).
         per_utterance_cnn: run the CNN on each utterance's own samples; default True for
             group-norm CNNs (see module docstring).
+        feature_grad_mult: scale of the gradient that reaches the CNN (fairseq / s3prl
+            ``feature_grad_mult``): 1 trains it normally, 0 runs it without autograd (frozen,
+            and its backward pass is skipped), values in between scale its gradient.
     """
 
-    def __init__(self, model, name: str = "hf", normalize: bool | None = None, per_utterance_cnn: bool | None = None):
+    def __init__(self, model, name: str = "hf", normalize: bool | None = None, per_utterance_cnn: bool | None = None,
+                 feature_grad_mult: float = 1.0):
         super().__init__()
+        if feature_grad_mult < 0:
+            raise ValueError(f"feature_grad_mult must be >= 0, got {feature_grad_mult}")
+        self.feature_grad_mult = float(feature_grad_mult)
         self.model = model
         self.name = name
         cfg = model.config
@@ -85,7 +105,17 @@ class HFUpstream(Upstream):
         return ((wavs - mean) / torch.sqrt(var + 1e-7)) * mask
 
     def cnn(self, wavs: Tensor, lengths: Tensor) -> Tensor:
-        """CNN features ``[B, T, C]`` (padded frames zero when run per utterance)."""
+        """CNN features ``[B, T, C]`` (padded frames zero when run per utterance), with the
+        gradient into the CNN scaled by ``feature_grad_mult``."""
+        if self.feature_grad_mult == 0.0:
+            with torch.no_grad():
+                return self._cnn(wavs, lengths)
+        feats = self._cnn(wavs, lengths)
+        if self.feature_grad_mult != 1.0 and feats.requires_grad:
+            feats = GradMultiply.apply(feats, self.feature_grad_mult)
+        return feats
+
+    def _cnn(self, wavs: Tensor, lengths: Tensor) -> Tensor:
         fe = self.model.feature_extractor
         if not self.per_utterance_cnn:
             return fe(wavs).transpose(1, 2)
