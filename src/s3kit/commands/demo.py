@@ -14,7 +14,8 @@ def register(sub) -> None:
         help="synthesise a corpus, take the tiny teacher, compress it, probe and audit everything, write a report",
         description="The main job on the synthetic corpus, on CPU: corpus -> tiny MelHuBERT teacher (shipped; "
         "teacher=train pretrains one) -> students "
-        "-> SUPERB-style probes, speed/size, SpEAT bias, isotropy -> OUT/report/index.html. Finished stages are "
+        "-> SUPERB-style probes, speed/size, SpEAT bias, isotropy -> rewiring analysis (isotropy, low-resource KS) "
+        "-> OUT/report/index.html. Finished stages are "
         "reused on the next run; extra settings as key=value (e.g. teacher_steps=1000).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
