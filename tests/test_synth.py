@@ -235,6 +235,14 @@ def test_phonemize_known_words():
     assert tts._split_phones("ð_ə k_w_ˈɪ_k") == ["ð", "ə", "k", "w", "ɪ", "k"]
 
 
+def test_phonemize_drops_language_switch_markers():
+    # espeak-ng 1.52 CLI, `-v de --ipa --sep=_ "the busy voice"`: English words in "(en)" ... "(de)"
+    ipa = "(en)_ð_ə_(de) b_ˈuː_z_iː (en)_v_ˈɔɪ_s_(de)"
+    assert tts._split_phones(ipa) == ["ð", "ə", "b", "uː", "z", "iː", "v", "ɔɪ", "s"]
+    phones = tts.phonemize("the busy voice carried the bridge", "de+m3")  # a German voice reading English
+    assert phones[:2] == ["ð", "ə"] and not any("(" in p or ")" in p for p in phones)
+
+
 def test_balanced_pairs_and_noise_colours():
     for n in (1, 7, 23, 100, 319, 400):
         pairs = synth.balanced_pairs(n, 29, 11)

@@ -39,6 +39,7 @@ class DemoConfig:
     distil_steps: int = 300
     tasks: list[str] = field(default_factory=lambda: ["ks", "ic", "sid", "pr"])
     probe_updates: int = 300  # per probe (SUPERB's 200k is for real corpora)
+    pr_updates: int = 150  # PR probe updates, on the sentence-heavy PR corpus (docs/pretrain.md)
     bias_tests: str = "gender,native"
     permutations: int = 100_000
     threads: int = 1  # torch intra-op threads: the demo's models are tiny, one thread is fastest
@@ -90,10 +91,20 @@ def _run_stage(run: Path, name: str, settings: dict, fn: Callable[[], dict], log
 # ----------------------------------------------------------------------------- stages
 
 
+# PR needs hundreds of sentences: the main corpus has a few dozen, on which every model's PER is
+# 0.85-1.0 and the ranking is noise (issue #6; docs/pretrain.md "PR on the synthetic corpus").
+# A second, sentence-heavy corpus with the same seed has the same speaker splits.
+PR_CORPUS = dict(minutes=40.0, sentence_share=0.8, keyword_share=0.05, command_share=0.05,
+                 noise_share=0.05, speat_share=0.05)
+
+
 def stage_corpus(run: Path, cfg: DemoConfig) -> dict:
     from s3kit.data.synth import synthesize_corpus
 
     paths = synthesize_corpus(run / "data", minutes=cfg.minutes, seed=cfg.seed, num_workers=cfg.workers)
+    if "pr" in cfg.tasks:
+        pr = synthesize_corpus(run / "data_pr", seed=cfg.seed, num_workers=cfg.workers, **PR_CORPUS)
+        paths.update({f"pr_{s}": pr[f"sentences_{s}"] for s in ("train", "dev", "test")})
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -175,7 +186,7 @@ def stage_probe(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict])
     from s3kit.eval.probe import ProbeConfig, run_probe
     from s3kit.upstream import load_upstream
 
-    subsets = {"ks": "keywords", "ic": "commands", "sid": "keywords", "pr": "sentences"}
+    subsets = {"ks": "keywords", "ic": "commands", "sid": "keywords", "pr": "pr"}
     results = {}
     for name, info in models.items():
         up = load_upstream(info["upstream"])
@@ -186,7 +197,8 @@ def stage_probe(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict])
             train, dev, test = (data[f"{sub}_{s}"] for s in ("train", "dev", "test"))
             if task == "sid":  # speaker identity needs the same speakers in train and test
                 train, dev, test = _sid_splits(run, data)
-            pc = ProbeConfig(max_updates=cfg.probe_updates, eval_every=max(25, cfg.probe_updates // 6), seed=cfg.seed,
+            updates = cfg.pr_updates if task == "pr" else cfg.probe_updates
+            pc = ProbeConfig(max_updates=updates, eval_every=max(25, updates // 6), seed=cfg.seed,
                              cache_dir=str(run / "cache" / "features"), device=cfg.device, progress=False)
             r = run_probe(up, task, train, dev, test, pc)
             card["probe"][task] = {"metric": r.metric, "score": r.test, "dev": r.dev, "updates_to_best": r.updates_to_best,
@@ -319,7 +331,9 @@ def demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> 
     run.mkdir(parents=True, exist_ok=True)
     (run / "demo.json").write_text(json.dumps(to_dict(cfg), indent=2))
     t0 = time.perf_counter()
-    data = _run_stage(run, "corpus", {"minutes": cfg.minutes, "seed": cfg.seed}, lambda: stage_corpus(run, cfg), log)
+    data = _run_stage(run, "corpus", {"minutes": cfg.minutes, "seed": cfg.seed,
+                                      "pr_corpus": PR_CORPUS if "pr" in cfg.tasks else None},
+                      lambda: stage_corpus(run, cfg), log)
     teacher = _run_stage(run, "teacher", {"teacher": cfg.teacher, "steps": cfg.teacher_steps, "seed": cfg.seed},
                          lambda: stage_teacher(run, cfg, data), log)
     if cfg.stop_after in ("corpus", "teacher"):
@@ -336,7 +350,8 @@ def demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> 
                                         "code": _code_key(make)},
                             lambda make=make: make(run, cfg, data, teacher), log)
         models[name] = result
-    settings = {"tasks": cfg.tasks, "updates": cfg.probe_updates, "models": sorted(models), "seed": cfg.seed}
+    settings = {"tasks": cfg.tasks, "updates": cfg.probe_updates, "pr_updates": cfg.pr_updates, "models": sorted(models),
+                "seed": cfg.seed}
     _run_stage(run, "probe", settings, lambda: stage_probe(run, cfg, data, models), log)
     _run_stage(run, "bias", {**settings, "tests": cfg.bias_tests, "permutations": cfg.permutations},
                lambda: stage_bias(run, cfg, data, models), log)

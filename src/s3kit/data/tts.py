@@ -21,6 +21,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import functools
+import re
 import shutil
 import subprocess
 import tempfile
@@ -44,6 +45,7 @@ ESPEAK_DEFAULT_RATE = 175  # words per minute (espeak-ng default)
 ESPEAK_DEFAULT_PITCH = 50  # espeak pitch parameter 0-100
 ESPEAK_DEFAULT_RANGE = 50  # intonation range 0-100; 0 = monotone
 _STRESS = str.maketrans("", "", "ˈˌ")
+_LANG_SWITCH = re.compile(r"\([a-z]{2,3}(?:-[a-z0-9-]+)?\)")  # espeak-ng's "(en)", "(de)", "(en-us)"
 
 # flite voices with their approximate mean F0 (Hz, measured by autocorrelation), needed to scale
 # pitch because flite sets the F0 target in Hz rather than relative to the voice.
@@ -169,7 +171,12 @@ def _libc():
 
 
 def _split_phones(ipa: str) -> list[str]:
-    """'ð_ə k_w_ˈɪ_k' -> ['ð', 'ə', 'k', 'w', 'ɪ', 'k'] (stress marks dropped)."""
+    """'ð_ə k_w_ˈɪ_k' -> ['ð', 'ə', 'k', 'w', 'ɪ', 'k'] (stress marks dropped).
+
+    Language-switch markers are dropped too: a non-English voice reads the English words it
+    knows with its English voice, and espeak-ng writes ``(en)``/``(de)`` around them; they are
+    not phones."""
+    ipa = _LANG_SWITCH.sub(" ", ipa)
     return [p for word in ipa.split() for p in word.translate(_STRESS).split("_") if p]
 
 
