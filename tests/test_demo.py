@@ -52,3 +52,19 @@ def test_demo_config_rejects_typos():
         apply_overrides(DemoConfig(), ["teacher_step=10"])
     with pytest.raises(ValueError, match="'shipped' or 'train'"):
         DemoConfig(teacher="download")
+
+
+def test_stage_reruns_when_its_code_changes(tmp_path):
+    """Student stages carry a hash of their function's source in their settings, so editing a
+    stage (e.g. the rewiring mode) reruns it instead of reusing a result made by the old code."""
+    from s3kit.demo import STUDENTS, _code_key
+
+    keys = {_code_key(fn) for _, fn in STUDENTS}
+    assert len(keys) == len(STUDENTS)  # every student stage has its own key
+    key = _code_key(STUDENTS[0][1])
+    assert key == _code_key(STUDENTS[0][1]) and len(key) == 12
+    calls = []
+    log = []
+    for fn_key in (key, key, "other"):
+        _run_stage(tmp_path, "student", {"steps": 1, "code": fn_key}, lambda: calls.append(1) or {"n": len(calls)}, log.append)
+    assert len(calls) == 2  # reused once, rerun when the code key changed
