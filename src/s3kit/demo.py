@@ -290,7 +290,11 @@ def _code_key(fn: Callable) -> str:
     import hashlib
     import inspect
 
-    return hashlib.sha1(inspect.getsource(fn).encode()).hexdigest()[:12]
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):  # no source on disk (e.g. byte-compiled only): key on the bytecode
+        source = fn.__code__.co_code.hex() + repr(fn.__code__.co_consts)
+    return hashlib.sha1(source.encode()).hexdigest()[:12]
 
 
 def stage_bias(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) -> dict:
