@@ -138,3 +138,15 @@ def test_ddp_two_cpu_ranks_end_equal(tmp_path):
     assert any(not torch.equal(w0[k], init[k]) for k in w0)  # it trained
     for k in w0:
         assert torch.allclose(w0[k], w1[k], atol=1e-6), k
+
+
+def test_progress_bar_shows_the_methods_progress_keys(tmp_path, capsys):
+    """A method's ``progress_keys`` pick what the bar shows (DVCC: its loss is always 2)."""
+    method = ToyMethod()
+    method.progress_keys = ("mae",)
+    train(method, ToyData(), _cfg(tmp_path / "a", total_steps=3, progress=True))
+    err = capsys.readouterr().err
+    assert "mae=" in err and "loss=" not in err
+    train(ToyMethod(), ToyData(), _cfg(tmp_path / "b", total_steps=3, progress=True))
+    err = capsys.readouterr().err
+    assert "loss=" in err and "mae=" not in err

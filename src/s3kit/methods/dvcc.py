@@ -384,6 +384,9 @@ class DVCCDistiller(nn.Module):
         code_cache: ``{cut id: [Tt, G] tensor}`` teacher codes.
     """
 
+    # L_DVCC = L_C/sg(L_C) + L_G/sg(L_G) is 2 by construction: the progress bar shows the views
+    progress_keys = ("loss", "l_c", "l_g", "l_utt", "l_tcode")
+
     def __init__(self, student: KWSStudent, cfg: DVCCConfig, teacher=None, codebook: TeacherCodebook | None = None,
                  teacher_dim: int | None = None, teacher_states: int | None = None,
                  pooled_cache: dict | None = None, code_cache: dict | None = None):

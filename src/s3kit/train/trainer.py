@@ -4,6 +4,8 @@ A *method* is an ``nn.Module`` with
 
 * ``step(batch) -> dict[str, Tensor]`` holding ``"loss"`` (other entries are logged);
 * optional ``validate(batch) -> dict`` (default: ``step`` under ``no_grad``);
+* optional ``progress_keys``: the entries shown in the progress bar (default ``("loss",)``; DVCC's
+  loss is 2 by construction, so it shows its two views instead);
 * optional ``on_step_end(step)`` (e.g. an EMA update), ``trainable_parameters()`` (default: every
   parameter with ``requires_grad``), ``param_groups()`` (optimiser groups, overrides the former);
 * optional ``checkpoint_state()`` / ``load_checkpoint_state(state)`` (default ``state_dict``;
@@ -417,6 +419,7 @@ def train(
     params = _trainable(method)
     if not params:
         raise ValueError(f"{type(method).__name__} has no trainable parameters")
+    progress_keys = tuple(getattr(method, "progress_keys", ("loss",)))
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     for g in optimizer.param_groups:
@@ -535,7 +538,7 @@ def train(
             sums["lr"] = cfg.lr * factor
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{sums['loss']:.4f}")
+                bar.set_postfix({k: f"{sums[k]:.4f}" for k in progress_keys if k in sums})
             if step % cfg.log_every == 0 or step == cfg.total_steps:
                 logger.log(step, "train", sums)
             for cb in callbacks:
