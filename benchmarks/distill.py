@@ -1,11 +1,12 @@
 """DistilHuBERT costs, measured side by side in one run.
 
 1. Training steps per second with the teacher-feature cache vs with the live teacher
-   (a 12-layer teacher at moderate width, a 2-layer student, the same batches), and the bound
-   arithmetic puts on that ratio: with the live teacher a step costs the teacher's forward pass
-   plus the student's forward + backward (about 3 forward passes), so in one precision
-   ``speed-up <= 1 + MACs(teacher) / (3 MACs(student))``, which stays below 3 for any 12-layer
-   teacher and 2-layer student of the same width and CNN. A ratio of 3 or more needs the student
+   (a 12-layer teacher at moderate width, a 2-layer student, the same batches), and what
+   arithmetic predicts for that ratio: with the live teacher a step costs the teacher's forward
+   pass plus the student's forward + backward (about 3 forward passes), so in one precision
+   ``speed-up ~ 1 + MACs(teacher) / (3 MACs(student))``, which stays below 3 for any 12-layer
+   teacher and 2-layer student of the same width and CNN (MACs counted on 1 s of audio; real
+   backward passes and longer clips move the measured ratio around the estimate). A ratio of 3 or more needs the student
    in reduced precision while the teacher runs fp32, as s3prl does on GPU (``--amp``, on by
    default on CUDA), or a frozen student CNN (``--feature-grad-mult 0``).
 2. Student vs teacher at HuBERT-Base shape (random init): parameter ratio and CPU inference
@@ -68,7 +69,7 @@ def steps_per_second(methods: dict, batches, steps: int, device, amp: bool = Fal
     return {k: steps / v for k, v in spent.items()}
 
 
-def arithmetic_bound(teacher, student, feature_grad_mult: float) -> float:
+def arithmetic_estimate(teacher, student, feature_grad_mult: float) -> float:
     """``1 + MACs(teacher fwd) / MACs(student fwd + bwd)``: the cache speed-up when every MAC costs
     the same. Backward ~ 2 x forward; a frozen CNN (``feature_grad_mult == 0``) has no backward."""
     from s3kit.eval.efficiency import count_macs
@@ -145,7 +146,7 @@ def main() -> None:
         sps = steps_per_second({"live": live, "cache": cached}, batches, args.steps, device, amp=amp)
         sps_live, sps_cache = sps["live"], sps["cache"]
         audio_s = sum(c.duration for c in cuts)
-        bound = arithmetic_bound(teacher.cpu(), live.student.cpu(), args.feature_grad_mult)
+        bound = arithmetic_estimate(teacher.cpu(), live.student.cpu(), args.feature_grad_mult)
         print(f"teacher 12 x {args.hidden} (CNN {args.conv}), student 2 layers, CNN gradient x "
               f"{args.feature_grad_mult:g}, {len(batches)} batches of <= {args.batch_seconds:.0f} s, "
               f"{args.steps} steps on {device}{' (student bf16 autocast)' if amp else ''}")
@@ -153,7 +154,7 @@ def main() -> None:
               f"({sum(f.stat().st_size for f in cache.directory.iterdir()) / 1e6:.1f} MB on disk)")
         print(f"steps/s live teacher: {sps_live:.2f}")
         print(f"steps/s cached teacher: {sps_cache:.2f}")
-        print(f"arithmetic bound in one precision (1 + teacher MACs / student train MACs): {bound:.2f}x")
+        print(f"arithmetic estimate in one precision (1 + teacher MACs / student train MACs): {bound:.2f}x")
         ratio = sps_cache / sps_live
 
     # HuBERT-Base shape: the paper's Table 2 comparison (random weights; speed does not depend on them)

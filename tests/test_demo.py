@@ -68,3 +68,30 @@ def test_stage_reruns_when_its_code_changes(tmp_path):
     for fn_key in (key, key, "other"):
         _run_stage(tmp_path, "student", {"steps": 1, "code": fn_key}, lambda: calls.append(1) or {"n": len(calls)}, log.append)
     assert len(calls) == 2  # reused once, rerun when the code key changed
+
+
+def test_stage_workdir_is_kept_to_resume_and_wiped_when_settings_change(tmp_path):
+    """A rerun with the same settings after an interrupt keeps the stage's checkpoints (training
+    resumes); a rerun with changed settings starts from an empty directory, so the trainer cannot
+    'resume' a finished run made with other settings and do nothing."""
+    work = tmp_path / "student"
+    seen = []
+
+    def interrupted():
+        (work / "checkpoint").write_text("half done")
+        raise KeyboardInterrupt
+
+    def finish():
+        seen.append((work / "checkpoint").exists())
+        (work / "checkpoint").write_text("done")
+        return {"ok": True}
+
+    with pytest.raises(KeyboardInterrupt):
+        _run_stage(tmp_path, "student", {"code": "a"}, interrupted, print, workdir=work)
+    _run_stage(tmp_path, "student", {"code": "a"}, finish, print, workdir=work)
+    assert seen == [True]  # resumed from the interrupted run's checkpoint
+    _run_stage(tmp_path, "student", {"code": "b"}, finish, print, workdir=work)
+    assert seen == [True, False]  # new settings: the old checkpoint is gone
+    (work / "stray").write_text("from an older s3kit without a settings marker")
+    _run_stage(tmp_path, "student", {"code": "c"}, finish, print, workdir=work)
+    assert not (work / "stray").exists()

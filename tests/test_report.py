@@ -55,14 +55,15 @@ def test_report_renders_extra_sections_with_their_plots(tmp_path):
     _card(tmp_path, "teacher", 2_000_000, 0.91, 0.31, 0.9)
     fig = plt.figure()
     plt.plot([0, 1], [1, 0])
-    fig.savefig(tmp_path / "tsne_rewired.png")
+    (tmp_path / "rewiring").mkdir()
+    fig.savefig(tmp_path / "rewiring" / "tsne_rewired.png")
     plt.close(fig)
     (tmp_path / "sections").mkdir()
     (tmp_path / "sections" / "rewiring.json").write_text(json.dumps({
         "title": "Rewiring", "text": "teacher vs rewired",
         "tables": [{"title": "Low-resource KS", "header": ["fraction", "model", "acc"],
                     "rows": [["10%", "teacher", "0.412"], ["10%", "rewired", "0.523"]]}],
-        "plots": [{"caption": "t-SNE rewired", "file": str(tmp_path / "tsne_rewired.png")},
+        "plots": [{"caption": "t-SNE rewired", "file": "rewiring/tsne_rewired.png"},  # relative to the run
                   {"caption": "gone", "file": str(tmp_path / "missing.png")}],
     }))
     page = build_report(tmp_path)
@@ -76,4 +77,7 @@ def test_report_renders_extra_sections_with_their_plots(tmp_path):
     assert "| 10% | rewired | 0.523 |" in md
     (tmp_path / "sections" / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json"):
+        build_report(tmp_path)
+    (tmp_path / "sections" / "bad.json").write_text(json.dumps({"title": "x", "tables": [{"title": "t"}]}))
+    with pytest.raises(ValueError, match=r"bad.json.*lacks \['header', 'rows'\]"):
         build_report(tmp_path)

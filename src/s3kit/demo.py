@@ -39,6 +39,7 @@ class DemoConfig:
     distil_steps: int = 300
     tasks: list[str] = field(default_factory=lambda: ["ks", "ic", "sid", "pr"])
     probe_updates: int = 300  # per probe (SUPERB's 200k is for real corpora)
+    pr_minutes: float = 40.0  # the sentence-heavy PR corpus (80 % sentences); 0: PR on the main corpus
     pr_updates: int = 150  # PR probe updates, on the sentence-heavy PR corpus (docs/pretrain.md)
     probe_lr: float = 1e-3  # KS / IC / SID: SUPERB's 1e-4 is for 200k updates and under-trains in 300 (PR keeps 1e-2)
     bias_tests: str = "gender,native"
@@ -76,12 +77,24 @@ class Stage:
         return result
 
 
-def _run_stage(run: Path, name: str, settings: dict, fn: Callable[[], dict], log) -> dict:
+def _run_stage(run: Path, name: str, settings: dict, fn: Callable[[], dict], log, workdir: Path | None = None) -> dict:
+    """Run ``fn`` unless the stage finished earlier with the same settings. ``workdir``: the
+    stage's own output directory (training checkpoints): kept when the stage reruns with the same
+    settings (an interrupted training resumes), wiped when the settings changed, so the trainer
+    does not resume a finished run made with other settings."""
     stage = Stage(run, name, settings)
     cached = stage.done()
     if cached is not None:
         log(f"[{name}] done earlier, reusing {stage.path}")
         return cached
+    if workdir is not None:
+        marker = workdir / ".stage_settings.json"
+        wanted = json.dumps(settings, sort_keys=True)
+        if workdir.exists() and (not marker.exists() or marker.read_text() != wanted):
+            log(f"[{name}] settings changed: starting afresh in {workdir}")
+            shutil.rmtree(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(wanted)
     log(f"[{name}] running")
     t0 = time.perf_counter()
     result = fn()
@@ -95,17 +108,23 @@ def _run_stage(run: Path, name: str, settings: dict, fn: Callable[[], dict], log
 # PR needs hundreds of sentences: the main corpus has a few dozen, on which every model's PER is
 # 0.85-1.0 and the ranking is noise (issue #6; docs/pretrain.md "PR on the synthetic corpus").
 # A second, sentence-heavy corpus with the same seed has the same speaker splits.
-PR_CORPUS = dict(minutes=40.0, sentence_share=0.8, keyword_share=0.05, command_share=0.05,
-                 noise_share=0.05, speat_share=0.05)
+PR_CORPUS = dict(sentence_share=0.8, keyword_share=0.05, command_share=0.05, noise_share=0.05, speat_share=0.05)
+
+
+def _wants_pr_corpus(cfg: DemoConfig) -> bool:
+    return "pr" in cfg.tasks and cfg.pr_minutes > 0 and cfg.stop_after not in ("corpus", "teacher")
 
 
 def stage_corpus(run: Path, cfg: DemoConfig) -> dict:
     from s3kit.data.synth import synthesize_corpus
 
     paths = synthesize_corpus(run / "data", minutes=cfg.minutes, seed=cfg.seed, num_workers=cfg.workers)
-    if "pr" in cfg.tasks:
-        pr = synthesize_corpus(run / "data_pr", seed=cfg.seed, num_workers=cfg.workers, **PR_CORPUS)
+    if _wants_pr_corpus(cfg):
+        pr = synthesize_corpus(run / "data_pr", minutes=cfg.pr_minutes, seed=cfg.seed, num_workers=cfg.workers,
+                               **PR_CORPUS)
         paths.update({f"pr_{s}": pr[f"sentences_{s}"] for s in ("train", "dev", "test")})
+    else:  # PR (if probed) on the main corpus's sentences
+        paths.update({f"pr_{s}": paths[f"sentences_{s}"] for s in ("train", "dev", "test")})
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -277,7 +296,8 @@ def stage_rewiring(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dic
             {"title": "Low-resource KS (the paper's Table 2)",
              "header": ["train fraction", "model", "clips", "KS accuracy", "updates to best"], "rows": rows},
         ],
-        "plots": [{"caption": f"t-SNE of keyword test clips: {n}", "file": str(out / g["tsne"])} for n, g in geo.items()],
+        # paths relative to the run directory, so the report still finds them after the run moves
+        "plots": [{"caption": f"t-SNE of keyword test clips: {n}", "file": f"rewiring/{g['tsne']}"} for n, g in geo.items()],
     }
     (run / "sections").mkdir(parents=True, exist_ok=True)
     (run / "sections" / "rewiring.json").write_text(json.dumps(section, indent=2))
@@ -286,14 +306,15 @@ def stage_rewiring(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dic
 
 
 def _code_key(fn: Callable) -> str:
-    """A short hash of a stage function's source: a finished stage reruns when its code changes."""
+    """A short hash of a stage function's own source: a finished stage reruns when that function
+    changes (edits to the modules it calls are not tracked; delete RUN/stages/<name>.json then)."""
     import hashlib
     import inspect
 
     try:
         source = inspect.getsource(fn)
     except (OSError, TypeError):  # no source on disk (e.g. byte-compiled only): key on the bytecode
-        source = fn.__code__.co_code.hex() + repr(fn.__code__.co_consts)
+        source = fn.__code__.co_code.hex() + " ".join(fn.__code__.co_names)
     return hashlib.sha1(source.encode()).hexdigest()[:12]
 
 
@@ -338,7 +359,7 @@ def demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> 
     (run / "demo.json").write_text(json.dumps(to_dict(cfg), indent=2))
     t0 = time.perf_counter()
     data = _run_stage(run, "corpus", {"minutes": cfg.minutes, "seed": cfg.seed,
-                                      "pr_corpus": PR_CORPUS if "pr" in cfg.tasks else None},
+                                      "pr_corpus": {**PR_CORPUS, "minutes": cfg.pr_minutes} if _wants_pr_corpus(cfg) else None},
                       lambda: stage_corpus(run, cfg), log)
     teacher = _run_stage(run, "teacher", {"teacher": cfg.teacher, "steps": cfg.teacher_steps, "seed": cfg.seed},
                          lambda: stage_teacher(run, cfg, data), log)
@@ -351,20 +372,24 @@ def demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> 
         "teacher": {"upstream": teacher["teacher"], "description": teacher.get("description") or "tiny MelHuBERT teacher",
                     "source": "s3kit pretrain melhubert --arch tiny"},
     }
+    versions = {}  # what each model is: later stages rerun when a student is remade
     for name, make in STUDENTS:
-        result = _run_stage(run, name, {"steps": cfg.distil_steps, "seed": cfg.seed, "teacher": teacher["teacher"],
-                                        "code": _code_key(make)},
-                            lambda make=make: make(run, cfg, data, teacher), log)
+        student_settings = {"steps": cfg.distil_steps, "seed": cfg.seed, "teacher": teacher["teacher"],
+                            "code": _code_key(make)}
+        result = _run_stage(run, name, student_settings, lambda make=make: make(run, cfg, data, teacher), log,
+                            workdir=run / name)
         models[name] = result
+        versions[name] = student_settings["code"]
     settings = {"tasks": cfg.tasks, "updates": cfg.probe_updates, "pr_updates": cfg.pr_updates, "lr": cfg.probe_lr,
-                "models": sorted(models), "seed": cfg.seed}
+                "models": {n: versions.get(n, m["upstream"]) for n, m in sorted(models.items())}, "seed": cfg.seed,
+                "code": _code_key(stage_probe)}
     _run_stage(run, "probe", settings, lambda: stage_probe(run, cfg, data, models), log)
-    _run_stage(run, "bias", {**settings, "tests": cfg.bias_tests, "permutations": cfg.permutations},
+    _run_stage(run, "bias", {**settings, "tests": cfg.bias_tests, "permutations": cfg.permutations,
+                             "code": _code_key(stage_bias)},
                lambda: stage_bias(run, cfg, data, models), log)
     if "rewired" in models and "ks" in cfg.tasks:
         _run_stage(run, "rewiring", {"updates": cfg.probe_updates, "lr": cfg.probe_lr, "seed": cfg.seed,
-                                     "rewired": models["rewired"]["upstream"],
-                                     "code": _code_key(stage_rewiring)},
+                                     "rewired": versions["rewired"], "code": _code_key(stage_rewiring)},
                    lambda: stage_rewiring(run, cfg, data, models), log)
     page = build_report(run, title="s3kit demo: tiny teacher, its students, and what they keep")
     log(f"[report] {page}  ({time.perf_counter() - t0:.0f} s in all)")

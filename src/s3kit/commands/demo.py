@@ -20,7 +20,9 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default=d.out, help="run directory")
-    p.add_argument("--minutes", type=float, default=d.minutes, help="synthetic corpus size")
+    p.add_argument("--minutes", type=float, default=d.minutes,
+                   help="main synthetic corpus size (PR uses a second, sentence-heavy corpus of pr_minutes=40; "
+                        "pr_minutes=0 probes PR on the main corpus)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help=f"other DemoConfig fields: {', '.join(f for f in d.__dataclass_fields__ if f not in ('out', 'minutes', 'seed'))}")

@@ -54,8 +54,7 @@ class WeightedSum(nn.Module):
         if self.layer is not None:
             return states[:, self.layer]
         w = self.weights.softmax(dim=0).to(states.dtype)
-        # a broadcast multiply-sum: ~1.5x faster than the equivalent einsum on CPU for [B, L, T, D]
-        return (states * w.view(1, -1, *([1] * (states.dim() - 2)))).sum(1)
+        return torch.einsum("bl...,l->b...", states, w)
 
 
 class UtteranceHead(nn.Module):

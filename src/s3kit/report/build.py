@@ -37,21 +37,30 @@ def load_sections(run_dir: str | Path) -> list[dict]:
             sec = json.loads(p.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{p}: not valid JSON ({e})") from e
-        if "title" not in sec:
-            raise ValueError(f"{p}: a report section needs a 'title'")
+        if not isinstance(sec, dict) or "title" not in sec:
+            raise ValueError(f"{p}: a report section is a JSON object with a 'title'")
         sec.setdefault("tables", [])
         sec.setdefault("plots", [])
+        for tab in sec["tables"]:
+            missing = [k for k in ("title", "header", "rows") if k not in tab]
+            if missing:
+                raise ValueError(f"{p}: table {tab.get('title', '?')!r} lacks {missing}")
+        for plot in sec["plots"]:
+            if "file" not in plot:
+                raise ValueError(f"{p}: a plot entry lacks 'file'")
         sections.append(sec)
     return sections
 
 
-def _section_plots(sections: list[dict], plots: Path) -> None:
-    """Copy each section's plot files into ``plots`` and point ``file`` at the copy's name."""
+def _section_plots(sections: list[dict], plots: Path, run_dir: Path) -> None:
+    """Copy each section's plot files (absolute, or relative to ``run_dir``) into ``plots`` and
+    point ``file`` at the copy's name; a plot whose file is missing is left out."""
     plots.mkdir(parents=True, exist_ok=True)
     for i, sec in enumerate(sections):
         kept = []
         for plot in sec["plots"]:
             src = Path(plot["file"])
+            src = src if src.is_absolute() else run_dir / src
             if src.exists():
                 name = f"section{i}_{src.name}"
                 shutil.copyfile(src, plots / name)
@@ -284,7 +293,7 @@ def build_report(run_dir: str | Path, title: str = "s3kit report") -> Path:
     tables = _tables(cards)
     plots = _plots(cards, out / "plots")
     sections = load_sections(run_dir)
-    _section_plots(sections, out / "plots")
+    _section_plots(sections, out / "plots", run_dir)
     (out / "index.md").write_text(_markdown(title, cards, tables, plots, sections))
     page = out / "index.html"
     page.write_text(_html(title, cards, tables, plots, sections))
