@@ -95,3 +95,37 @@ def test_stage_workdir_is_kept_to_resume_and_wiped_when_settings_change(tmp_path
     (work / "stray").write_text("from an older s3kit without a settings marker")
     _run_stage(tmp_path, "student", {"code": "c"}, finish, print, workdir=work)
     assert not (work / "stray").exists()
+
+
+def test_rewiring_stage_writes_a_report_section(tmp_path):
+    """stage_rewiring on two classical upstreams over tone clips: one geometry row per model,
+    one KS row per (fraction, model) with the clip count of the stratified fraction, t-SNE plots
+    that exist and are referenced relative to the run, and a report that shows the section."""
+    import json
+
+    from s3kit.demo import DEMO_FRACTIONS, stage_rewiring
+    from s3kit.report import build_report
+
+    data = {}
+    for split, n, seed in (("train", 40, 0), ("dev", 8, 1), ("test", 12, 2)):
+        path = tmp_path / f"kw_{split}.jsonl.gz"
+        save_cuts(tone_cuts(tmp_path / split, n=n, classes=2, seconds=(0.4, 0.6), seed=seed), path)
+        data[f"keywords_{split}"] = str(path)
+    cfg = DemoConfig(out=str(tmp_path), probe_updates=40, device="cpu")
+    models = {"teacher": {"upstream": "fbank"}, "rewired": {"upstream": "mfcc"}}
+    out = stage_rewiring(tmp_path, cfg, data, models)
+    section = json.loads((tmp_path / "sections" / "rewiring.json").read_text())
+    geometry, table = section["tables"]
+    assert [r[0] for r in geometry["rows"]] == ["teacher", "rewired"]
+    assert len(table["rows"]) == 2 * len(DEMO_FRACTIONS)
+    assert [r[2] for r in table["rows"]][::2] == [str(round(f * 40)) for f in DEMO_FRACTIONS]
+    # two tone classes 300 Hz apart: the full training set gives a probe far above chance
+    full = [float(r[3]) for r in table["rows"] if r[0] == "100%"]
+    assert min(full) > 0.8, full
+    assert out["geometry"]["teacher"]["log10_isotropy"] <= 0
+    for plot in section["plots"]:
+        assert not plot["file"].startswith("/") and (tmp_path / plot["file"]).exists()
+    (tmp_path / "models" / "teacher").mkdir(parents=True)
+    (tmp_path / "models" / "teacher" / "card.json").write_text(json.dumps({"name": "teacher"}))
+    text = build_report(tmp_path).read_text()
+    assert "Low-resource KS" in text and text.count("section0_tsne_") == 2
