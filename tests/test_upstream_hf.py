@@ -68,3 +68,25 @@ def test_missing_directory_is_a_clear_error(tmp_path):
         load_upstream(str(tmp_path / "nope.ckpt"))
     with pytest.raises(FileNotFoundError, match="no network here"):
         load_upstream("someone/not-a-cached-model")
+
+
+@pytest.mark.parametrize("per_utterance", [True, False])
+def test_feature_grad_mult_scales_the_cnn_gradient_in_train_mode(per_utterance):
+    from s3kit.testing import tiny_hf_model
+    from s3kit.upstream.hf import HFUpstream
+
+    wavs = torch.randn(2, 4000) * 0.1
+    lengths = torch.tensor([4000, 3000])
+    grads = {}
+    for m in (1.0, 0.5, 0.0):
+        up = HFUpstream(tiny_hf_model("hubert", layers=2, hidden=32, seed=3), per_utterance_cnn=per_utterance,
+                        feature_grad_mult=m).train()
+        torch.manual_seed(0)  # same dropout masks in every run
+        up(wavs, lengths).states[-1].pow(2).sum().backward()
+        grads[m] = [p.grad for p in up.model.feature_extractor.parameters()]
+        assert up.model.encoder.layers[0].attention.q_proj.weight.grad is not None
+    for g1, gh in zip(grads[1.0], grads[0.5]):
+        torch.testing.assert_close(gh, 0.5 * g1, rtol=1e-4, atol=1e-8)
+    assert all(g is None for g in grads[0.0])
+    with pytest.raises(ValueError, match="feature_grad_mult"):
+        HFUpstream(tiny_hf_model("hubert", layers=2, hidden=32), feature_grad_mult=-0.1)
