@@ -6,9 +6,12 @@
    pass plus the student's forward + backward (about 3 forward passes), so in one precision
    ``speed-up ~ 1 + MACs(teacher) / (3 MACs(student))``, which stays below 3 for any 12-layer
    teacher and 2-layer student of the same width and CNN (MACs counted on 1 s of audio; real
-   backward passes and longer clips move the measured ratio around the estimate). A ratio of 3 or more needs the student
-   in reduced precision while the teacher runs fp32, as s3prl does on GPU (``--amp``, on by
-   default on CUDA), or a frozen student CNN (``--feature-grad-mult 0``).
+   backward passes and longer clips move the measured ratio around the estimate). A ratio of 3
+   or more needs the student in reduced precision while the teacher runs fp32, as s3prl trains
+   (fp16 student, fp32 teacher) and as s3kit's trainer does with ``amp`` (on CUDA by default; on
+   CPU with ``amp_cpu=true``, fast where the CPU has AMX / AVX512-BF16). The benchmark measures
+   both: the student in fp32, and in bf16 autocast (``--no-amp`` skips the second; the headline
+   is the mixed-precision ratio when it ran).
 2. Student vs teacher at HuBERT-Base shape (random init): parameter ratio and CPU inference
    speed-up, batch size one (the paper's Table 2: 25 % and 1.73x).
 
@@ -121,12 +124,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="inference repetitions (median)")
     ap.add_argument("--feature-grad-mult", type=float, default=0.1,
                     help="gradient scale into the student CNN (recipe: 0.1; 0 freezes it)")
-    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                    help="student in bf16 autocast (default: on for CUDA, off for CPU)")
+    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure with the student in bf16 autocast (teacher fp32), the trainer's amp")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
-    amp = device.type == "cuda" if args.amp is None else args.amp
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,19 +145,22 @@ def main() -> None:
         live = DistilHuBERT(teacher, cfg).to(device)
         torch.manual_seed(0)
         cached = DistilHuBERT(teacher, cfg, cache=cache).to(device)
-        sps = steps_per_second({"live": live, "cache": cached}, batches, args.steps, device, amp=amp)
-        sps_live, sps_cache = sps["live"], sps["cache"]
         audio_s = sum(c.duration for c in cuts)
         bound = arithmetic_estimate(teacher.cpu(), live.student.cpu(), args.feature_grad_mult)
+        live.to(device), cached.to(device)
         print(f"teacher 12 x {args.hidden} (CNN {args.conv}), student 2 layers, CNN gradient x "
               f"{args.feature_grad_mult:g}, {len(batches)} batches of <= {args.batch_seconds:.0f} s, "
-              f"{args.steps} steps on {device}{' (student bf16 autocast)' if amp else ''}")
+              f"{args.steps} steps on {device}")
         print(f"cache build: {build_s:.2f} s for {audio_s:.0f} s of audio "
               f"({sum(f.stat().st_size for f in cache.directory.iterdir()) / 1e6:.1f} MB on disk)")
-        print(f"steps/s live teacher: {sps_live:.2f}")
-        print(f"steps/s cached teacher: {sps_cache:.2f}")
         print(f"arithmetic estimate in one precision (1 + teacher MACs / student train MACs): {bound:.2f}x")
-        ratio = sps_cache / sps_live
+        ratio = None
+        for amp in (False, True) if args.amp else (False,):
+            sps = steps_per_second({"live": live, "cache": cached}, batches, args.steps, device, amp=amp)
+            label = "student bf16 autocast, teacher fp32" if amp else "student fp32, teacher fp32"
+            ratio = sps["cache"] / sps["live"]
+            print(f"{label}: steps/s live teacher {sps['live']:.2f}, cached teacher {sps['cache']:.2f}, "
+                  f"speed-up {ratio:.2f}x")
 
     # HuBERT-Base shape: the paper's Table 2 comparison (random weights; speed does not depend on them)
     from transformers import HubertConfig, HubertModel

@@ -150,3 +150,21 @@ def test_progress_bar_shows_the_methods_progress_keys(tmp_path, capsys):
     train(ToyMethod(), ToyData(), _cfg(tmp_path / "b", total_steps=3, progress=True))
     err = capsys.readouterr().err
     assert "loss=" in err and "mae=" not in err
+
+
+class AutocastProbe(ToyMethod):
+    """Records whether its step ran under CPU autocast, and in which dtype."""
+
+    def step(self, batch):
+        self.seen = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        return super().step(batch)
+
+
+def test_amp_cpu_runs_steps_under_bf16_autocast_and_still_learns(tmp_path):
+    plain, mixed = AutocastProbe(), AutocastProbe()
+    train(plain, ToyData(), _cfg(tmp_path / "fp32", total_steps=4))
+    assert plain.seen[0] is False  # amp alone is CUDA only: CPU steps stay fp32
+    res = train(mixed, ToyData(), _cfg(tmp_path / "bf16", total_steps=40, amp_cpu=True, grad_accum=1, val_every=100))
+    assert mixed.seen == (True, torch.bfloat16)
+    assert res.losses[40] < 0.5 * res.losses[1]
+    assert next(mixed.parameters()).dtype == torch.float32  # autocast, not a bf16 model
