@@ -19,14 +19,15 @@ import numpy as np
 LOG10_E = math.log10(math.e)
 
 
-def _as_matrix(V) -> np.ndarray:
-    if hasattr(V, "detach"):
-        V = V.detach().cpu().numpy()
-    a = np.asarray(V, dtype=np.float64)
+def as_matrix(x, what: str = "isotropy") -> np.ndarray:
+    """Any array-like / tensor ``[N, D]`` -> float64 numpy ``[N, D]``; errors start with ``what``."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x, dtype=np.float64)
     if a.ndim != 2 or a.shape[0] == 0:
-        raise ValueError(f"isotropy: expected a non-empty [N, D] matrix, got shape {a.shape}")
+        raise ValueError(f"{what}: expected a non-empty [N, D] matrix, got shape {a.shape}")
     if not np.all(np.isfinite(a)):
-        raise ValueError("isotropy: input contains NaN or inf")
+        raise ValueError(f"{what}: input contains NaN or inf")
     return a
 
 
@@ -37,7 +38,7 @@ def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
 
 def log_partition(V) -> np.ndarray:
     """``log Z(m)`` for every signed eigenvector m of ``V^T V``: V ``[N, D]`` -> ``[2D]``."""
-    V = _as_matrix(V)
+    V = as_matrix(V)
     _, M = np.linalg.eigh(V.T @ V)  # columns are orthonormal eigenvectors (D, D)
     proj = V @ np.concatenate([M, -M], axis=1)  # (N, 2D): m^T v for both signs of every m
     return _logsumexp(proj, axis=0)
@@ -61,7 +62,7 @@ def isotropy(V) -> float:
 
 def mean_cosine(V) -> float:
     """Mean pairwise cosine over distinct rows of V ``[N, D]`` (0 isotropic-ish, 1 one direction)."""
-    V = _as_matrix(V)
+    V = as_matrix(V)
     N = len(V)
     if N < 2:
         raise ValueError("mean_cosine needs at least 2 vectors")
@@ -86,7 +87,7 @@ class IsotropySummary:
 
 def isotropy_summary(V) -> IsotropySummary:
     """Both isotropy views of V ``[N, D]``: log10 IS (Mu & Viswanath) and mean pairwise cosine."""
-    V = _as_matrix(V)
+    V = as_matrix(V)
     log_is = log_isotropy(V)
     return IsotropySummary(log10_isotropy=log_is * LOG10_E, isotropy=math.exp(log_is),
                            mean_cosine=mean_cosine(V) if len(V) > 1 else float("nan"), n=V.shape[0], dim=V.shape[1])

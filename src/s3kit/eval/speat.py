@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from s3kit.eval.isotropy import as_matrix
+
 # Paper, Sec. 2.2: "d values larger than 0.20, 0.50 and 0.80 are viewed as small, medium and
 # large biases"; a negative d is a reverse bias of the same magnitude.
 MAGNITUDE_THRESHOLDS = ((0.8, "large"), (0.5, "medium"), (0.2, "small"))
@@ -35,14 +37,7 @@ _CHUNK = 20_000  # draws per vectorised chunk: bounds memory at CHUNK x N number
 
 def _as_matrix(x, name: str) -> np.ndarray:
     """Any array-like / tensor ``[n, D]`` -> float64 numpy ``[n, D]`` with a clear error."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 2 or a.shape[0] == 0:
-        raise ValueError(f"SpEAT set {name}: expected a non-empty [n, D] array, got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"SpEAT set {name}: contains NaN or inf")
-    return a
+    return as_matrix(x, f"SpEAT set {name}")
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
