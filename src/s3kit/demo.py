@@ -267,7 +267,7 @@ def stage_rewiring(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dic
     test clips, and KS probes on fractions of the training set with updates-to-best (its Table 2),
     written as a report section (RUN/sections/rewiring.json)."""
     from s3kit.eval.probe import ProbeConfig
-    from s3kit.methods.rewire import analyse
+    from s3kit.methods.rewire import analyse, summarise_low_resource
 
     out = run / "rewiring"
     pc = ProbeConfig(max_updates=cfg.probe_updates, eval_every=max(25, cfg.probe_updates // 6), seed=cfg.seed,
@@ -277,13 +277,8 @@ def stage_rewiring(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dic
                   dev=data["keywords_dev"], test=data["keywords_test"], fractions=DEMO_FRACTIONS, probe_cfg=pc,
                   seeds=(cfg.seed, cfg.seed + 1), progress=False)
     geo = rep["geometry"]
-    rows = []
-    for fraction in DEMO_FRACTIONS:
-        for name in ("teacher", "rewired"):
-            sel = [r for r in rep["table2"] if r["fraction"] == fraction and r["model"] == name]
-            rows.append([f"{fraction:.0%}", name, str(sel[0]["num_train"]),
-                         f"{sum(r['test'] for r in sel) / len(sel):.3f}",
-                         f"{sum(r['updates_to_best'] for r in sel) / len(sel):.0f}"])
+    rows = [[f"{r['fraction']:.0%}", r["model"], str(r["num_train"]), f"{r['test']:.3f}", f"{r['updates_to_best']:.0f}"]
+            for r in summarise_low_resource(rep["table2"])]
     section = {
         "title": "Rewiring: isotropy and low-resource keyword spotting (teacher vs rewired)",
         "text": "Isotropy (log10 IS, Mu & Viswanath; higher is more isotropic) and mean pairwise cosine of "

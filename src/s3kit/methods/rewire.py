@@ -600,28 +600,47 @@ def _k(n: float) -> str:
     return f"{n / 1000:.3g}k" if n >= 1000 else f"{n:.0f}"
 
 
+def summarise_low_resource(rows: list[dict]) -> list[dict]:
+    """One entry per (fraction, model, task) of :func:`low_resource` rows, averaged over seeds:
+    ``{fraction, model, task, metric, higher_is_better, num_train, test, test_std, updates_to_best}``
+    (``test_std`` None for one seed), in fraction order, models in first-seen order."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    tasks = sorted({r["task"] for r in rows})
+    out = []
+    for fraction in sorted({r["fraction"] for r in rows}):
+        for model in models:
+            for task in tasks:
+                sel = [r for r in rows if r["fraction"] == fraction and r["model"] == model and r["task"] == task]
+                if not sel:
+                    continue
+                scores = np.array([r["test"] for r in sel])
+                out.append({"fraction": fraction, "model": model, "task": task, "metric": sel[0]["metric"],
+                            "higher_is_better": sel[0]["higher_is_better"], "num_train": sel[0].get("num_train"),
+                            "test": float(scores.mean()), "test_std": float(scores.std(ddof=1)) if len(sel) > 1 else None,
+                            "updates_to_best": float(np.mean([r["updates_to_best"] for r in sel]))})
+    return out
+
+
 def table2(rows: list[dict]) -> str:
     """Markdown in the layout of the paper's Table 2: one row per (fraction, model), the test metric
     (%) and ⌚ = probe updates to the best dev score; mean ± std over seeds when there are several."""
-    tasks = sorted({r["task"] for r in rows})
+    summary = summarise_low_resource(rows)
+    tasks = sorted({r["task"] for r in summary})
     head = "| Tr. | Model | " + " | ".join(
-        f"{t.upper()} {next(r for r in rows if r['task'] == t)['metric']} "
-        f"{'↑' if next(r for r in rows if r['task'] == t)['higher_is_better'] else '↓'} | ⌚" for t in tasks) + " |"
+        f"{t.upper()} {next(r for r in summary if r['task'] == t)['metric']} "
+        f"{'↑' if next(r for r in summary if r['task'] == t)['higher_is_better'] else '↓'} | ⌚" for t in tasks) + " |"
     lines = [head, "|---|---|" + "---:|---:|" * len(tasks)]
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    for fraction in sorted({r["fraction"] for r in rows}):
-        for model in models:
-            cells = []
-            for t in tasks:
-                sel = [r for r in rows if r["fraction"] == fraction and r["model"] == model and r["task"] == t]
-                if not sel:
-                    cells += ["", ""]
-                    continue
-                scores = np.array([100 * r["test"] for r in sel])
-                steps = np.array([r["updates_to_best"] for r in sel], dtype=float)
-                score = f"{scores.mean():.2f}" + (f" ± {scores.std(ddof=1):.2f}" if len(sel) > 1 else "")
-                cells += [score, _k(steps.mean())]
-            lines.append(f"| {fraction * 100:g}% | {model} | " + " | ".join(cells) + " |")
+    for fraction, model in dict.fromkeys((r["fraction"], r["model"]) for r in summary):
+        cells = []
+        for t in tasks:
+            sel = [r for r in summary if r["fraction"] == fraction and r["model"] == model and r["task"] == t]
+            if not sel:
+                cells += ["", ""]
+                continue
+            r = sel[0]
+            score = f"{100 * r['test']:.2f}" + (f" ± {100 * r['test_std']:.2f}" if r["test_std"] is not None else "")
+            cells += [score, _k(r["updates_to_best"])]
+        lines.append(f"| {fraction * 100:g}% | {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -654,5 +673,5 @@ def analyse(upstreams: dict[str, Upstream | str | Path], out_dir: str | Path, ge
     return report
 
 
-__all__ = ["FRACTIONS", "MODES", "analyse", "geometry", "low_resource", "table2", "NeutralBank", "NeutralMissingError", "Rewire", "RewireConfig", "find_neutral_manifest",
+__all__ = ["FRACTIONS", "MODES", "analyse", "geometry", "low_resource", "summarise_low_resource", "table2", "NeutralBank", "NeutralMissingError", "Rewire", "RewireConfig", "find_neutral_manifest",
            "info_nce", "nt_xent", "rewire", "save_upstream", "split_long", "twin", "utterance_embedding"]
