@@ -146,14 +146,14 @@ def main() -> None:
         torch.manual_seed(0)
         cached = DistilHuBERT(teacher, cfg, cache=cache).to(device)
         audio_s = sum(c.duration for c in cuts)
-        bound = arithmetic_estimate(teacher.cpu(), live.student.cpu(), args.feature_grad_mult)
+        estimate = arithmetic_estimate(teacher.cpu(), live.student.cpu(), args.feature_grad_mult)
         live.to(device), cached.to(device)
         print(f"teacher 12 x {args.hidden} (CNN {args.conv}), student 2 layers, CNN gradient x "
               f"{args.feature_grad_mult:g}, {len(batches)} batches of <= {args.batch_seconds:.0f} s, "
               f"{args.steps} steps on {device}")
         print(f"cache build: {build_s:.2f} s for {audio_s:.0f} s of audio "
               f"({sum(f.stat().st_size for f in cache.directory.iterdir()) / 1e6:.1f} MB on disk)")
-        print(f"arithmetic estimate in one precision (1 + teacher MACs / student train MACs): {bound:.2f}x")
+        print(f"arithmetic estimate in one precision (1 + teacher MACs / student train MACs): {estimate:.2f}x")
         ratio = None
         for amp in (False, True) if args.amp else (False,):
             sps = steps_per_second({"live": live, "cache": cached}, batches, args.steps, device, amp=amp)
