@@ -240,3 +240,56 @@ def test_cli_probe_writes_results(tones, tmp_path):
     # a missing subset is a clear one-line error, not a traceback
     assert main(["probe", "--upstream", "mfcc", "--task", "ks", "--data", str(tmp_path / "data"),
                  "--out", str(out)]) == 2
+
+
+def test_per_item_predictions_give_the_score_its_interval_and_a_file(tones, tmp_path):
+    import gzip
+
+    from s3kit.eval.stats import wilson_ci
+
+    train, dev, test = tones
+    cfg = ProbeConfig(lr=1e-2, max_updates=60, eval_every=20, cache_dir=str(tmp_path / "cache"), progress=False)
+    result = run_probe("mfcc", "ks", train, dev, test, cfg)
+    items = result.predictions
+    assert [i["id"] for i in items] == [c.id for c in test]
+    assert all(i["correct"] == (i["reference"] == i["hypothesis"]) for i in items)
+    k = sum(i["correct"] for i in items)
+    assert result.test == pytest.approx(k / len(items)) and result.n == len(items) == 24
+    assert (result.ci_low, result.ci_high) == pytest.approx(wilson_ci(k, 24))
+    assert "predictions" not in result.to_dict()
+    paths = write_results([result], tmp_path / "out")
+    rows = [json.loads(line) for line in gzip.decompress(paths["predictions"].read_bytes()).decode().splitlines()]
+    assert len(rows) == 24 and rows[0]["task"] == "ks" and rows[0]["upstream"] == "mfcc" and rows[0]["seed"] == 0
+
+
+def test_pr_items_sum_to_the_corpus_per_and_compare_finds_a_planted_difference(tmp_path):
+    from s3kit.eval import metrics
+    from s3kit.eval.probe import compare_items, score_interval, score_items
+
+    train, dev, test = phone_splits(tmp_path / "data", sizes=(24, 8, 8))
+    cfg = ProbeConfig(lr=1e-3, max_updates=20, eval_every=10, cache_dir=str(tmp_path / "cache"), progress=False)
+    items = run_probe("mfcc", "pr", train, dev, test, cfg).predictions
+    refs, hyps = [i["reference"] for i in items], [i["hypothesis"] for i in items]
+    assert score_items(items) == pytest.approx(metrics.per(refs, hyps))
+    iv = score_interval(items)
+    assert iv.ci_low <= iv.value <= iv.ci_high and iv.n == 8
+    # a planted better system: every hypothesis replaced by the reference (0 errors)
+    perfect = [{**i, "hypothesis": i["reference"], "errors": 0} for i in items]
+    res = compare_items(items, perfect)
+    assert res.diff == pytest.approx(score_items(items)) and res.ci_low > 0
+    same = compare_items(items, [dict(i) for i in items])
+    assert same.diff == 0 and same.p == 1.0
+    with pytest.raises(ValueError, match="differs"):
+        compare_items(items, [{**items[0], "id": "other"}] + items[1:])
+
+
+def test_compare_accuracy_uses_mcnemar_and_orients_a_minus_b():
+    from s3kit.eval.probe import compare_items
+    from s3kit.eval.stats import mcnemar_exact
+
+    a = [{"id": f"u{k}", "correct": k < 30} for k in range(40)]
+    b = [{"id": f"u{k}", "correct": k < 10} for k in range(40)]
+    res = compare_items(a, b)
+    assert res.diff == pytest.approx(0.5) and res.rate_a == pytest.approx(0.75) and res.rate_b == pytest.approx(0.25)
+    assert 0 < res.ci_low < 0.5 < res.ci_high
+    assert res.p == pytest.approx(mcnemar_exact([i["correct"] for i in a], [i["correct"] for i in b]))

@@ -141,9 +141,14 @@ class ProbeResult:
     curve: list[tuple[int, float]]  # (update, dev metric) at each evaluation
     sweep: list[dict] = field(default_factory=list)  # per-lr {lr, dev, test, updates_to_best} under lr_sweep
     checkpoint: str | None = None
+    n: int = 0  # test items
+    ci_low: float = math.nan  # 95 % interval of ``test``: Wilson (accuracy) or utterance bootstrap (PER / WER)
+    ci_high: float = math.nan
+    predictions: list[dict] = field(default_factory=list, repr=False)  # per test item, see :func:`predict`
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Everything but the per-item predictions (they go to ``predictions.jsonl.gz``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "predictions"}
 
 
 # ----------------------------------------------------------------------------------- labels
@@ -283,8 +288,11 @@ def _loss(spec: TaskSpec, labels: Labels, logits: Tensor, lengths, targets) -> T
 
 
 @torch.no_grad()
-def evaluate(model: ProbeModel, split: _Split, spec: TaskSpec, labels: Labels, device, batch_size: int = 32) -> float:
-    """The task metric of ``model`` on ``split`` (accuracy, or PER / WER as a fraction)."""
+def predict(model: ProbeModel, split: _Split, spec: TaskSpec, labels: Labels, device, batch_size: int = 32) -> list[dict]:
+    """Per-item results of ``model`` on ``split``, in the split's order: one dict per cut with
+    ``id``, ``reference``, ``hypothesis`` and either ``correct`` (accuracy tasks) or ``errors`` and
+    ``ref_length`` (edit distance and reference length in tokens: phones for PR, words for ASR).
+    These are what paired tests between models need (:mod:`s3kit.eval.stats`)."""
     was = model.training
     model.eval()
     preds, hyps = [], []
@@ -293,17 +301,82 @@ def evaluate(model: ProbeModel, split: _Split, spec: TaskSpec, labels: Labels, d
         states, lengths, targets = split.batch(index, device)
         logits = model(states, lengths)
         if spec.kind == "utterance":
-            preds.append(logits.argmax(dim=1).cpu())
+            preds.extend(logits.argmax(dim=1).cpu().tolist())
         elif spec.kind == "intent":
-            preds.append(slot_argmax(logits, labels.slot_sizes).cpu())
+            preds.extend(slot_argmax(logits, labels.slot_sizes).cpu().tolist())
         else:
             hyps.extend(labels.decode(ids) for ids in metrics.ctc_greedy_decode(logits, lengths))
     model.train(was)
-    if spec.kind in ("utterance", "intent"):
-        pred = torch.cat(preds)
-        target = torch.tensor(split.targets, dtype=torch.long)
-        return metrics.accuracy(pred, target) if spec.kind == "utterance" else metrics.all_slots_accuracy(pred, target)
-    return metrics.per(split.refs, hyps) if spec.kind == "phones" else metrics.wer(split.refs, hyps)
+    items = []
+    if spec.kind == "utterance":
+        for cut_id, p, t in zip(split.ids, preds, split.targets):
+            items.append({"id": cut_id, "reference": labels.classes[t], "hypothesis": labels.classes[p],
+                          "correct": p == t})
+    elif spec.kind == "intent":
+        def name(ids):
+            return " ".join(labels.slot_classes[k][i] for k, i in enumerate(ids))
+
+        for cut_id, p, t in zip(split.ids, preds, split.targets):
+            items.append({"id": cut_id, "reference": name(t), "hypothesis": name(p), "correct": list(p) == list(t)})
+    else:  # PER over space-separated phones, WER over words
+        for cut_id, ref, hyp in zip(split.ids, split.refs, hyps):
+            r, h = ref.split(), hyp.split()
+            items.append({"id": cut_id, "reference": ref, "hypothesis": hyp,
+                          "errors": metrics.edit_distance(r, h), "ref_length": len(r)})
+    return items
+
+
+def score_items(items: list[dict]) -> float:
+    """The task metric from per-item results: accuracy, or the corpus error rate (summed edits /
+    summed reference length, as s3prl's ``downstream/ctc/metric.py``)."""
+    if not items:
+        raise ValueError("score_items: no items")
+    if "correct" in items[0]:
+        return sum(bool(i["correct"]) for i in items) / len(items)
+    total = sum(i["ref_length"] for i in items)
+    if total == 0:
+        raise ValueError("score_items: references are all empty")
+    return sum(i["errors"] for i in items) / total
+
+
+def score_interval(items: list[dict], seed: int = 0):
+    """The metric with its 95 % interval (:class:`s3kit.eval.stats.Interval`): Wilson for
+    accuracies, an utterance-level bootstrap for corpus error rates."""
+    from s3kit.eval import stats
+
+    if "correct" in items[0]:
+        return stats.accuracy_interval([bool(i["correct"]) for i in items])
+    return stats.bootstrap_rate([i["errors"] for i in items], [i["ref_length"] for i in items], seed=seed)
+
+
+def compare_items(items_a: list[dict], items_b: list[dict], seed: int = 0):
+    """System A minus system B on the same test items (:class:`s3kit.eval.stats.PairedBootstrap`).
+
+    Accuracies: the difference with a paired bootstrap interval and the exact McNemar p;
+    error rates: the paired utterance-level bootstrap (difference, interval, p). Raises when the
+    two runs were not scored on the same items, naming the first mismatch."""
+    from s3kit.eval import stats
+
+    ids_a, ids_b = [i["id"] for i in items_a], [i["id"] for i in items_b]
+    if ids_a != ids_b:
+        if len(ids_a) != len(ids_b):
+            raise ValueError(f"compare: the runs have {len(ids_a)} and {len(ids_b)} test items; need the same test set")
+        k = next(k for k, (a, b) in enumerate(zip(ids_a, ids_b)) if a != b)
+        raise ValueError(f"compare: test item {k} differs ({ids_a[k]!r} vs {ids_b[k]!r}); need the same test set")
+    if "correct" in items_a[0]:
+        a = [bool(i["correct"]) for i in items_a]
+        b = [bool(i["correct"]) for i in items_b]
+        boot = stats.paired_bootstrap([not x for x in a], [not x for x in b], [1] * len(a), seed=seed)
+        # errors(A) - errors(B) = acc(B) - acc(A): flip to A minus B on accuracy
+        return stats.PairedBootstrap(-boot.diff, -boot.ci_high, -boot.ci_low, stats.mcnemar_exact(a, b),
+                                     boot.n, 1 - boot.rate_a, 1 - boot.rate_b)
+    return stats.paired_bootstrap([i["errors"] for i in items_a], [i["errors"] for i in items_b],
+                                  [i["ref_length"] for i in items_a], seed=seed)
+
+
+def evaluate(model: ProbeModel, split: _Split, spec: TaskSpec, labels: Labels, device, batch_size: int = 32) -> float:
+    """The task metric of ``model`` on ``split`` (accuracy, or PER / WER as a fraction)."""
+    return score_items(predict(model, split, spec, labels, device, batch_size))
 
 
 def _better(spec: TaskSpec, a: float, b: float) -> bool:
@@ -360,12 +433,15 @@ def _train_once(spec: TaskSpec, task: str, upstream_name: str, labels: Labels, s
                     break
     bar.close()
     model.load_state_dict(best_state)
-    test_score = evaluate(model, test, spec, labels, device, cfg.batch_size)
+    predictions = predict(model, test, spec, labels, device, cfg.batch_size)
+    test_score = score_items(predictions)
+    interval = score_interval(predictions, seed=cfg.seed)
     weights = model.featurizer.normalized().detach().cpu().tolist()
     return ProbeResult(
         task=task, upstream=upstream_name, metric=spec.metric, higher_is_better=spec.higher_is_better,
         test=test_score, dev=best, updates_to_best=best_update, updates=update, lr=lr, fraction=cfg.fraction,
         seed=cfg.seed, num_train=len(train), layers=layers, layer_weights=weights, curve=curve, checkpoint=ckpt,
+        n=interval.n, ci_low=interval.ci_low, ci_high=interval.ci_high, predictions=predictions,
     )
 
 
@@ -512,13 +588,22 @@ def plot_layer_weights(result: ProbeResult, path: str | Path) -> Path:
 
 
 def write_results(results: list[ProbeResult], out_dir: str | Path) -> dict[str, Path]:
-    """``results.json``, ``results.md`` and ``layer_weights_<task>[_<n>].png`` in ``out_dir``."""
+    """``results.json``, ``results.md``, ``predictions.jsonl.gz`` (one line per test item of every
+    probe: task, upstream, fraction, seed, lr and the item's result) and
+    ``layer_weights_<task>[_<n>].png`` in ``out_dir``."""
+    import gzip
+
     from s3kit.checkpoint import write_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "results.json", "markdown": out / "results.md"}
+    paths = {"json": out / "results.json", "markdown": out / "results.md", "predictions": out / "predictions.jsonl.gz"}
     write_atomic(paths["json"], json.dumps([r.to_dict() for r in results], indent=2))
+    lines = [
+        json.dumps({"task": r.task, "upstream": r.upstream, "fraction": r.fraction, "seed": r.seed, "lr": r.lr, **item})
+        for r in results for item in r.predictions
+    ]
+    write_atomic(paths["predictions"], gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0))
     text = results_table(results)
     if len({(r.task, r.upstream, r.fraction) for r in results}) < len(results):  # several seeds somewhere
         text += "\n" + summary_table(results)
