@@ -6,8 +6,8 @@ Dimension legend: ``N`` utterances, ``B`` batch, ``L`` layers, ``T`` frames, ``D
 
 Protocol (s3prl SUPERB configs, REFERENCE-NOTES §F.2; rewiring paper §4 and App. A/B):
 the upstream is frozen and run once (:mod:`s3kit.eval.features_cache`); the probe is a
-softmax-weighted sum of all hidden states (or one chosen layer), a 256-d projector and the
-task head, trained with Adam at a constant learning rate, gradient clipping 1, effective
+softmax-weighted sum of all hidden states (or one chosen layer), a projector (256-d; 1024-d and
+SpecAugment of the weighted sum for ASR, as s3prl's ``asr/config.yaml``) and the task head, trained with Adam at a constant learning rate, gradient clipping 1, effective
 batch 32. Every ``eval_every`` updates the dev metric is computed; the best dev checkpoint
 is scored on test, and the update at which dev peaked is reported as **updates-to-best**
 (the rewiring paper's convergence measure, its Table 2). ``lr_sweep`` trains one probe per
@@ -35,8 +35,8 @@ from s3kit.data.manifest import get_label, load_cuts
 from s3kit.eval import metrics
 from s3kit.eval.features_cache import CachedFeatures, extract_features, upstream_identity
 from s3kit.eval.heads import (
-    BLANK, PROJECTOR_DIM, BLSTMCTCHead, FrameCTCHead, ProbeModel, UtteranceHead, WeightedSum, ctc_loss,
-    slot_argmax, slot_cross_entropy,
+    ASR_PROJECTOR_DIM, BLANK, PROJECTOR_DIM, BLSTMCTCHead, FrameCTCHead, ProbeModel, SpecAugment, UtteranceHead,
+    WeightedSum, ctc_loss, slot_argmax, slot_cross_entropy,
 )
 
 INTENT_SLOTS = ("action", "object", "location")  # Fluent Speech Commands: accuracy needs all three
@@ -44,7 +44,8 @@ INTENT_SLOTS = ("action", "object", "location")  # Fluent Speech Commands: accur
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One SUPERB task: label key, head kind, metric and s3prl's default lr / steps / eval interval."""
+    """One SUPERB task: label key, head kind, metric and s3prl's default lr / steps / eval interval,
+    projector width and whether its config has a ``specaug`` block."""
 
     label: str
     kind: Literal["utterance", "intent", "phones", "chars"]
@@ -52,6 +53,8 @@ class TaskSpec:
     lr: float
     max_updates: int
     eval_every: int
+    proj_dim: int = PROJECTOR_DIM
+    specaug: bool = False
 
     @property
     def higher_is_better(self) -> bool:
@@ -63,14 +66,14 @@ class TaskSpec:
 
 
 # s3prl legacy downstream configs (REFERENCE-NOTES §F.2 table); ASR = s3prl asr/config.yaml
-# (lr 1e-4, 200k steps, eval every 2000).
+# (lr 1e-4, 200k steps, eval every 2000, project_dim 1024, specaug on the representations).
 TASKS: dict[str, TaskSpec] = {
     "ks": TaskSpec("keyword", "utterance", "accuracy", 1e-4, 200_000, 5000),
     "ic": TaskSpec("intent", "intent", "accuracy", 1e-4, 200_000, 5000),
     "sid": TaskSpec("speaker", "utterance", "accuracy", 1e-4, 200_000, 5000),
     "er": TaskSpec("emotion", "utterance", "accuracy", 1e-4, 30_000, 1000),
     "pr": TaskSpec("phones", "phones", "per", 1e-2, 100_000, 1000),
-    "asr": TaskSpec("text", "chars", "wer", 1e-4, 200_000, 2000),
+    "asr": TaskSpec("text", "chars", "wer", 1e-4, 200_000, 2000, proj_dim=ASR_PROJECTOR_DIM, specaug=True),
 }
 
 # s3prl maintainers swept 1e-1 .. 1e-7 on a log scale (s3prl #498).
@@ -79,7 +82,8 @@ LR_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Probe options; ``None`` for lr / max_updates / eval_every means the task's s3prl default.
+    """Probe options; ``None`` for lr / max_updates / eval_every / proj_dim / specaug means the
+    task's s3prl default (projector 256, 1024 for ASR; SpecAugment for ASR only).
 
     Args:
         layer: probe one hidden state (index into the upstream's states) instead of the weighted sum.
@@ -94,7 +98,8 @@ class ProbeConfig:
     eval_every: int | None = None
     batch_size: int = 32  # s3prl: effective batch 32 for every task (batch x accumulation)
     grad_clip: float = 1.0
-    proj_dim: int = PROJECTOR_DIM
+    proj_dim: int | None = None
+    specaug: bool | None = None  # SpecAugment (s3prl asr/config.yaml values) on the weighted sum in training
     layer: int | None = None
     cache_layers: list[int] | None = None
     fraction: float = 1.0
@@ -265,13 +270,17 @@ def build_probe(spec: TaskSpec, labels: Labels, num_layers: int, dim: int, cfg: 
                 layer_index: int | None) -> ProbeModel:
     """Weighted sum (or fixed layer) + the task's head."""
     featurizer = WeightedSum(num_layers, layer=layer_index)
+    proj = cfg.proj_dim if cfg.proj_dim is not None else spec.proj_dim
     if spec.pooled:
-        head = UtteranceHead(dim, labels.output_size, cfg.proj_dim)
+        head = UtteranceHead(dim, labels.output_size, proj)
     elif spec.kind == "phones":
-        head = FrameCTCHead(dim, labels.output_size, cfg.proj_dim)
+        head = FrameCTCHead(dim, labels.output_size, proj)
     else:
-        head = BLSTMCTCHead(dim, labels.output_size, cfg.proj_dim, cfg.lstm_hidden, cfg.lstm_layers, cfg.lstm_dropout)
-    return ProbeModel(featurizer, head)
+        head = BLSTMCTCHead(dim, labels.output_size, proj, cfg.lstm_hidden, cfg.lstm_layers, cfg.lstm_dropout)
+    specaug = cfg.specaug if cfg.specaug is not None else spec.specaug
+    if specaug and spec.pooled:
+        raise ValueError("specaug needs frame-level features; utterance tasks probe time-averaged states")
+    return ProbeModel(featurizer, head, SpecAugment() if specaug else None)
 
 
 def _loss(spec: TaskSpec, labels: Labels, logits: Tensor, lengths, targets) -> Tensor:
