@@ -356,6 +356,8 @@ class Rewire(nn.Module):
         model = getattr(upstream, "model", None)
         if model is not None and cfg.spec_augment is not None and hasattr(model.config, "apply_spec_augment"):
             model.config.apply_spec_augment = cfg.spec_augment
+        if model is not None and hasattr(upstream, "spec_augment"):  # HFUpstream masks only when told to
+            upstream.spec_augment = bool(getattr(model.config, "apply_spec_augment", False))
         self.upstream.requires_grad_(True)
 
     def embed(self, wavs: list[Tensor]) -> Tensor:
@@ -454,6 +456,8 @@ def _restore_inference_settings(upstream: Upstream, original: dict) -> None:
     model = getattr(upstream, "model", None)
     if model is not None and original.get("spec_augment") is not None:
         model.config.apply_spec_augment = original["spec_augment"]
+    if original.get("upstream_spec_augment") is not None:
+        upstream.spec_augment = original["upstream_spec_augment"]
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -510,7 +514,8 @@ def rewire(model, manifest, cfg: RewireConfig = RewireConfig(), out_dir: str | P
         bank = NeutralBank(neutral_manifest, cfg.neutral_voice, cfg.neutral_cache, cfg.tts)
         bank.prepare(cuts, progress=cfg.train.progress)  # fails before training when one is missing
     original = {"dropout": _dropout_rates(upstream),
-                "spec_augment": getattr(getattr(getattr(upstream, "model", None), "config", None), "apply_spec_augment", None)}
+                "spec_augment": getattr(getattr(getattr(upstream, "model", None), "config", None), "apply_spec_augment", None),
+                "upstream_spec_augment": getattr(upstream, "spec_augment", None)}
     method = Rewire(upstream, cfg, bank)
     updates = cfg.total_updates(len(cuts))
     tcfg = dataclasses.replace(cfg.train, out_dir=str(out_dir), total_steps=updates)
