@@ -87,7 +87,9 @@ class ProbeConfig:
 
     Args:
         layer: probe one hidden state (index into the upstream's states) instead of the weighted sum.
-        cache_layers: states to cache (all by default); ``layer`` must be one of them.
+        cache_layers: states to cache and weigh (all cached by default, and the weighted sum then
+            spans the upstream's ``weighted_sum_layers``: every state, or M2D-S's transformer
+            layers); ``layer`` must be one of them.
         fraction: stratified seeded fraction of train (1 %, 5 %, 10 % in the rewiring paper).
         patience: stop after this many dev evaluations without improvement (None: run all updates).
         lr_sweep: train at every lr of ``lr_grid`` and keep the best on dev.
@@ -234,7 +236,8 @@ class Labels:
 class _Split:
     """Cached features + targets of one split, served in batches."""
 
-    def __init__(self, cuts, feats: CachedFeatures, labels: Labels):
+    def __init__(self, cuts, feats: CachedFeatures, labels: Labels, select: list[int] | None = None):
+        self.select = select  # positions among the cached states that the probe sees (None: all)
         self.cuts = list(cuts)
         self.ids = [c.id for c in self.cuts]
         missing = [i for i in self.ids if i not in feats]
@@ -246,6 +249,8 @@ class _Split:
         self.targets = [labels.target(c) for c in self.cuts]
         self.refs = [labels.reference(c) for c in self.cuts] if not labels.spec.pooled else None
         self.x = feats.stacked(self.ids) if self.pooled else None  # (N, L, D), small: kept in memory
+        if self.x is not None and select is not None:
+            self.x = self.x[:, select]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -256,6 +261,8 @@ class _Split:
             y = torch.tensor([self.targets[i] for i in index], dtype=torch.long)
             return self.x[index].to(device), None, y.to(device)
         items = [self.feats.get(self.ids[i]) for i in index]  # each (L, T_i, D)
+        if self.select is not None:
+            items = [it[self.select] for it in items]
         lengths = torch.tensor([it.shape[1] for it in items], dtype=torch.long)
         states = torch.zeros(len(items), items[0].shape[0], int(lengths.max()), items[0].shape[2])
         for b, it in enumerate(items):
@@ -443,12 +450,17 @@ def run_probe(upstream, task: str, train, dev, test, cfg: ProbeConfig = ProbeCon
     }
     cuts["train"] = train_subset(cuts["train"], task, cfg.fraction, cfg.seed)
     layers = feats["train"].layers
-    layer_index = None
+    layer_index, select = None, None
     if cfg.layer is not None:
         if cfg.layer not in layers:
             raise ValueError(f"layer {cfg.layer} is not among the cached layers {layers}")
         layer_index = layers.index(cfg.layer)
-    splits = {n: _Split(c, feats[n], labels) for n, c in cuts.items()}
+    elif cfg.cache_layers is None:  # all states cached; the weighted sum spans the upstream's choice
+        summed = set(getattr(upstream, "weighted_sum_layers", layers))
+        if summed != set(layers):
+            select = [k for k, layer in enumerate(layers) if layer in summed]
+            layers = [layers[k] for k in select]
+    splits = {n: _Split(c, feats[n], labels, select) for n, c in cuts.items()}
     grid = cfg.lr_grid if cfg.lr_sweep else [cfg.lr]
     with _cpu_threads(1 if spec.pooled and device.type == "cpu" else None):
         runs = [_train_once(spec, task, upstream.name, labels, splits, layers, layer_index,
