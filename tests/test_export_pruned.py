@@ -66,3 +66,21 @@ def test_cli_exports_pruned_and_refuses_melhubert(tmp_path, capsys):
     prune.save_pruned(tmp_path / "mel", mel)
     with pytest.raises(CheckpointError, match="MelHuBERT"):
         prune.export_transformers(tmp_path / "mel", tmp_path / "mel-hf")
+
+
+def test_cli_export_dispatches_pretraining_checkpoints(tmp_path):
+    from transformers import AutoModel, Wav2Vec2Config, Wav2Vec2ForPreTraining
+
+    from s3kit import checkpoint
+    from s3kit.methods import pretrain as P
+    from s3kit.testing.factories import tiny_hf_config
+
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(tiny_hf_config("wav2vec2"))
+    assert isinstance(model.config, Wav2Vec2Config)
+    checkpoint.save(tmp_path / "pt", model, None, **P._model_meta(model, P.PretrainConfig(kind="wav2vec2")))
+    assert main(["export", "--format", "transformers", str(tmp_path / "pt"), str(tmp_path / "hf")]) == 0
+    loaded = AutoModel.from_pretrained(str(tmp_path / "hf"))
+    torch.testing.assert_close(loaded.encoder.layers[0].attention.q_proj.weight,
+                               model.wav2vec2.encoder.layers[0].attention.q_proj.weight)
+    assert main(["export", "--format", "transformers", str(tmp_path), str(tmp_path / "x")]) == 2  # no config.json
