@@ -34,7 +34,8 @@ def register(sub) -> None:
     modes = p.add_subparsers(dest="mode", metavar="MODE")
     helps = {"twin": "positive = the same audio with a 20 %% span zeroed",
              "neutral": "positive = a monotone TTS rendering of the transcript",
-             "mixed": "positive = Twin or Neutral, a uniform choice per example"}
+             "mixed": "positive = Twin or Neutral, a uniform choice per example; negatives = the others' twins "
+                      "and neutrals (paper §2.1; mixed_negatives=chosen: the official code's drawn view only)"}
     for mode in MODES:
         m = modes.add_parser(
             mode, help=helps[mode], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
