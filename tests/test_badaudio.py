@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from s3kit.audio import AudioError
 from s3kit.cli import main
@@ -118,3 +119,116 @@ def test_extract_skip_writes_exactly_the_good_cuts(tmp_path, corpus, capsys):
     # the default share (1 %) stops this corpus with a clear message
     assert main([*base, "--out", str(tmp_path / "f2"), "--on-bad-audio", "skip"]) == 2
     assert "corpus or its manifest is broken" in capsys.readouterr().err
+
+
+class EnergyMethod(torch.nn.Module):
+    """Regresses a waveform's log energy from its first 400 samples: a method on AudioBatch."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Linear(400, 1)
+
+    def step(self, batch):
+        x = batch.wavs[:, :400]
+        target = torch.log((x ** 2).mean(1, keepdim=True) + 1e-6)
+        return {"loss": ((self.net(x) - target) ** 2).mean()}
+
+
+def _train_cfg(out, **kw):
+    from s3kit.train import TrainConfig
+
+    base = dict(out_dir=str(out), total_steps=6, lr=1e-3, warmup=0.0, log_every=2, save_every=3, progress=False,
+                device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_training_run_with_a_bad_file_finishes_and_records_the_skip(tmp_path):
+    from s3kit.testing import tone_cuts
+    from s3kit.train import train
+
+    good = list(tone_cuts(tmp_path / "good", n=40, seconds=(0.3, 0.5)))
+    cuts, bad = bad_audio_cuts(tmp_path / "bad", n_good=0, kinds=("truncated",))
+    from lhotse import CutSet
+
+    cuts = CutSet.from_cuts(good + list(cuts))  # 1 bad of 41 (2.4 %)
+    out = tmp_path / "run"
+    res = train(EnergyMethod(), make_loader(cuts, max_duration=2.0, seed=0), _train_cfg(out, total_steps=12, max_bad_share=0.05))
+    assert res.step == 12 and res.skipped_audio == 1  # 12 batches > one epoch
+    listed = [json.loads(line) for line in (out / "skipped_audio.jsonl").read_text().splitlines()]
+    assert [r["cut"] for r in listed] == ["bad_truncated"] and "bad_truncated.flac" in listed[0]["file"]
+    rows = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert [(int(r[0]), float(r[3])) for r in rows if r[2] == "skipped_audio"][-1] == (12, 1.0)
+    # TrainConfig.on_bad_audio="error" (or an explicit loader policy) stops at the file instead
+    with pytest.raises(AudioError, match="bad_truncated"):
+        train(EnergyMethod(), make_loader(cuts, max_duration=2.0, seed=0),
+              _train_cfg(tmp_path / "run2", total_steps=12, on_bad_audio="error"))
+    # the share limit (1 % by default) stops the same run
+    with pytest.raises(BadAudioShareError, match="skipped 1 of 41"):
+        train(EnergyMethod(), make_loader(cuts, max_duration=2.0, seed=0), _train_cfg(tmp_path / "run3", total_steps=12))
+
+
+def test_share_limit_stops_a_training_run_on_mostly_bad_data(tmp_path):
+    from s3kit.train import train
+
+    cuts, bad = bad_audio_cuts(tmp_path / "wav", n_good=2)  # 6 bad of 8
+    with pytest.raises(BadAudioShareError, match="of 8 cuts"):
+        train(EnergyMethod(), make_loader(cuts, max_duration=2.0, seed=0), _train_cfg(tmp_path / "run"))
+    listed = (tmp_path / "run" / "skipped_audio.jsonl").read_text().splitlines()
+    assert 1 <= len(listed) <= len(bad)
+
+
+def _ddp_worker(rank: int, world: int, port: int, root: str):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from s3kit.data.manifest import load_cuts
+    from s3kit.train import setup_distributed, train
+
+    setup_distributed("cpu")  # before the loader, so lhotse shards the cuts per rank
+    results = {}
+    for policy in ("skip", "error"):  # one process group for both runs: spawning costs more than training
+        loader = make_loader(load_cuts(f"{root}/cuts.jsonl.gz"), max_duration=1.0, max_cuts=2, seed=0)
+        result = results[policy] = {}
+        try:
+            res = train(EnergyMethod(), loader, _train_cfg(f"{root}/{policy}", total_steps=8, on_bad_audio=policy,
+                                                           max_bad_share=0.5))
+            result.update(step=res.step, skipped=res.skipped_audio, own=len(loader.bad_audio))
+        except Exception as e:  # noqa: BLE001 - the test reads what each rank saw
+            result.update(error=f"{type(e).__name__}: {e}")
+    with open(f"{root}/rank{rank}.json", "w") as f:
+        json.dump(results, f)
+    dist.destroy_process_group()
+
+
+def test_ddp_ranks_skip_consistently_and_stop_together(tmp_path):
+    """2 gloo ranks: with skip both finish every step and count every bad cut; with error both stop
+    (the rank without the bad file too) instead of one hanging in the gradient all-reduce."""
+    import socket
+
+    import torch.multiprocessing as mp
+    from lhotse import CutSet
+
+    from s3kit.testing import tone_cuts
+
+    good = list(tone_cuts(tmp_path / "good", n=10, seconds=(0.3, 0.5)))
+    bad_cuts, _ = bad_audio_cuts(tmp_path / "bad", n_good=0, kinds=("missing",))
+    save_cuts(CutSet.from_cuts(good + list(bad_cuts)), tmp_path / "cuts.jsonl.gz")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    skip = [r["skip"] for r in results]
+    assert [r.get("step") for r in skip] == [8, 8], skip
+    assert [r["skipped"] for r in skip] == [1, 1]  # the total over ranks, on every rank
+    assert sorted(r["own"] for r in skip) == [0, 1]  # one rank's shard held the bad cut
+    listed = [line for p in (tmp_path / "skip").glob("skipped_audio*.jsonl") for line in p.read_text().splitlines()]
+    assert len(listed) == 1 and "bad_missing" in listed[0]
+    errors = [r["error"]["error"] if "error" in r["error"] else "" for r in results]
+    assert all("bad_missing" in e for e in errors), errors
+    assert sum("every rank stops" in e for e in errors) == 1

@@ -111,6 +111,7 @@ def bad_audio_cuts(directory: str | Path, n_good: int = 4, kinds=BAD_AUDIO_KINDS
     from lhotse import CutSet, Recording, SupervisionSegment
 
     directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     good = tone_cuts(directory, n=n_good, seed=seed)
     rng = np.random.default_rng(seed + 1)
     cuts, bad = list(good), {}
