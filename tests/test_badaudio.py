@@ -232,3 +232,27 @@ def test_ddp_ranks_skip_consistently_and_stop_together(tmp_path):
     errors = [r["error"]["error"] if "error" in r["error"] else "" for r in results]
     assert all("bad_missing" in e for e in errors), errors
     assert sum("every rank stops" in e for e in errors) == 1
+
+
+def test_cli_distill_with_a_bad_training_file_finishes_and_lists_it(tmp_path, capsys):
+    """The real command: teacher cache and training loop both skip the truncated file; the default
+    share limit (1 %) stops the same run with a message that says what to do."""
+    from lhotse import CutSet
+
+    from s3kit.testing import tiny_hf_dir, tone_cuts
+
+    good = list(tone_cuts(tmp_path / "good", n=12, seconds=(0.5, 0.9)))
+    bad, _ = bad_audio_cuts(tmp_path / "bad", n_good=0, kinds=("truncated",))
+    train_m = save_cuts(CutSet.from_cuts(good + list(bad)), tmp_path / "train.jsonl.gz")
+    teacher = tiny_hf_dir(tmp_path / "teacher", kind="hubert", layers=4, seed=1)
+    base = ["distill", "distilhubert", "--teacher", str(teacher), "--manifest", str(train_m)]
+    keys = ["layers=2", "targets=[2,4]", "train.progress=false", "max_duration=4", "train.log_every=1",
+            "train.total_steps=6"]
+    out = tmp_path / "run"
+    assert main([*base, "--out", str(out), "--max-bad-share", "0.1", *keys]) == 0
+    listed = [json.loads(line) for line in (out / "skipped_audio.jsonl").read_text().splitlines()]
+    assert [r["cut"] for r in listed] == ["bad_truncated"]
+    rows = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert [float(r[3]) for r in rows if r[2] == "skipped_audio"][-1] == 1.0
+    assert main([*base, "--out", str(tmp_path / "run2"), *keys]) == 2
+    assert "skipped 1 of 13 cuts" in capsys.readouterr().err

@@ -105,6 +105,12 @@ class TrainConfig:
             raise ValueError(f"max_bad_share must be in [0, 1], got {self.max_bad_share}")
 
     @property
+    def bad_audio_options(self) -> dict[str, Any]:
+        """``on_bad_audio`` / ``max_bad_share`` as keywords for the loaders and passes over the
+        training data that run before :func:`train` (teacher caches, feature statistics, k-means)."""
+        return {"on_bad_audio": self.on_bad_audio, "max_bad_share": self.max_bad_share}
+
+    @property
     def warmup_steps(self) -> int:
         return int(round(self.warmup * self.total_steps)) if self.warmup < 1 else int(self.warmup)
 
