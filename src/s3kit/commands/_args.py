@@ -40,13 +40,13 @@ def add_train_bad_audio(parser) -> None:
     """The same options for a training command: they set ``train.on_bad_audio`` / ``train.max_bad_share``
     (TrainConfig) for the training data; validation data must stay complete and always stops."""
     parser.add_argument(
-        "--on-bad-audio", choices=("error", "skip"), default=None,
+        "--on-bad-audio", choices=("error", "skip"), default=argparse.SUPPRESS,
         help="training data: a cut whose audio is unusable (missing, unreadable, empty, NaN, stale manifest) is "
         "left out, logged once, counted (skipped_audio in metrics.csv) and listed in OUT/skipped_audio.jsonl "
         "('skip'), or stops the run ('error'). Default: train.on_bad_audio of the recipe, else skip. A bad file in "
         "the validation data always stops. Find every such file first with `s3kit data check`")
     parser.add_argument(
-        "--max-bad-share", type=float, default=None,
+        "--max-bad-share", type=float, default=argparse.SUPPRESS,
         help="with skip: stop when more than this share of the training cuts was unusable (default: "
         "train.max_bad_share, 0.01)")
 

@@ -196,6 +196,7 @@ def make_loader(
     num_buckets: int = 10,
     on_bad_audio: str | None = None,
     max_bad_share: float = MAX_BAD_SHARE,
+    skipped_log: str | Path | None = None,
 ) -> AudioLoader:
     """Duration-batched loader over ``cuts`` (a CutSet or a manifest path).
 
@@ -208,6 +209,8 @@ def make_loader(
             :mod:`s3kit.data.badaudio`). None: ``"error"``, unless the loader feeds
             :func:`s3kit.train.trainer.train`, which applies ``TrainConfig.on_bad_audio``.
         max_bad_share: with ``"skip"``, stop once more than this share of the cuts was skipped.
+        skipped_log: list skipped cuts in this JSON-lines file (the trainer sets
+            ``out_dir/skipped_audio.jsonl`` itself).
     """
     from s3kit.data.manifest import load_cuts
 
@@ -227,5 +230,8 @@ def make_loader(
                 f"max_duration={max_duration} s is shorter than the longest utterance ({longest:.1f} s); "
                 f"raise max_duration or set crop"
             )
-    return AudioLoader(cuts, max_duration, shuffle, seed, max_cuts, crop, drop_last, num_workers, num_buckets,
-                       on_bad_audio, max_bad_share)
+    loader = AudioLoader(cuts, max_duration, shuffle, seed, max_cuts, crop, drop_last, num_workers, num_buckets,
+                         on_bad_audio, max_bad_share)
+    if skipped_log is not None:
+        loader.bad_audio.log_to(skipped_log)
+    return loader
