@@ -36,19 +36,20 @@ def add_bad_audio(parser, default: str | None = "error") -> None:
         help="with skip: stop when more than this share of the cuts was unusable (the corpus is broken, not a file)")
 
 
-def add_train_bad_audio(parser) -> None:
+def add_train_bad_audio(parser, key: str = "train.on_bad_audio") -> None:
     """The same options for a training command: they set ``train.on_bad_audio`` / ``train.max_bad_share``
-    (TrainConfig) for the training data; validation data must stay complete and always stops."""
+    (TrainConfig; ``key`` names the config field) for the training data; validation data must stay
+    complete and always stops."""
     parser.add_argument(
         "--on-bad-audio", choices=("error", "skip"), default=argparse.SUPPRESS,
         help="training data: a cut whose audio is unusable (missing, unreadable, empty, NaN, stale manifest) is "
         "left out, logged once, counted (skipped_audio in metrics.csv) and listed in OUT/skipped_audio.jsonl "
-        "('skip'), or stops the run ('error'). Default: train.on_bad_audio of the recipe, else skip. A bad file in "
-        "the validation data always stops. Find every such file first with `s3kit data check`")
+        f"('skip'), or stops the run ('error'). Default: {key} of the recipe, else skip. A bad file in "
+        "the validation or evaluation data always stops. Find every such file first with `s3kit data check`")
     parser.add_argument(
         "--max-bad-share", type=float, default=argparse.SUPPRESS,
         help="with skip: stop when more than this share of the training cuts was unusable (default: "
-        "train.max_bad_share, 0.01)")
+        f"{key.replace('on_bad_audio', 'max_bad_share')}, 0.01)")
 
 
 def train_bad_audio_overrides(args) -> list[str]:

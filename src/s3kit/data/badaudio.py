@@ -162,3 +162,20 @@ def world_size() -> int:
     except ImportError:  # pragma: no cover
         pass
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def usable_cuts(cuts, policy: str = "error", max_share: float = MAX_BAD_SHARE, log: str | Path | None = None):
+    """``cuts`` without the unusable ones (each decoded once), for analyses that must see the same
+    cuts in every model (SpEAT stimuli); under ``error`` the first bad cut raises."""
+    from lhotse import CutSet
+
+    bad = BadAudio(policy, max_share, total=len(cuts))
+    if log is not None:
+        bad.log_to(log)
+    kept = []
+    for cut in cuts:
+        audio, record = try_load(cut, policy)
+        bad.record([record] if record else [], tried=1)
+        if audio is not None:
+            kept.append(cut)
+    return CutSet.from_cuts(kept)
