@@ -256,3 +256,27 @@ def test_cli_distill_with_a_bad_training_file_finishes_and_lists_it(tmp_path, ca
     assert [float(r[3]) for r in rows if r[2] == "skipped_audio"][-1] == 1.0
     assert main([*base, "--out", str(tmp_path / "run2"), *keys]) == 2
     assert "skipped 1 of 13 cuts" in capsys.readouterr().err
+
+
+def test_cli_probe_skips_bad_training_audio_and_stops_on_a_bad_test_file(tmp_path, capsys):
+    from lhotse import CutSet
+
+    from s3kit.testing import tone_cuts
+
+    good = list(tone_cuts(tmp_path / "train", n=30, seconds=(0.3, 0.5)))
+    bad, _ = bad_audio_cuts(tmp_path / "bad", n_good=0, kinds=("non_finite",))
+    train = save_cuts(CutSet.from_cuts(good + list(bad)), tmp_path / "train.jsonl.gz")
+    dev = save_cuts(tone_cuts(tmp_path / "dev", n=6, seconds=(0.3, 0.5), seed=1), tmp_path / "dev.jsonl.gz")
+    args = ["probe", "--upstream", "mfcc", "--task", "ks", "--train", str(train), "--dev", str(dev),
+            "--max-updates", "10", "--eval-every", "5", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    out = tmp_path / "probe"
+    assert main([*args, "--test", str(dev), "--out", str(out), "--max-bad-share", "0.05"]) == 0
+    result = json.loads((out / "results.json").read_text())[0]
+    assert result["num_train"] == 30 and [r["cut"] for r in result["skipped_audio"]] == ["bad_non_finite"]
+    listed = [json.loads(line) for line in (out / "skipped_audio.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["cut"]) for r in listed] == [("train", "bad_non_finite")]
+    # a test split must stay complete: the same bad file there stops the probe, naming it
+    test = save_cuts(CutSet.from_cuts(list(load_cuts(dev)) + list(bad)), tmp_path / "test.jsonl.gz")
+    capsys.readouterr()
+    assert main([*args, "--test", str(test), "--out", str(tmp_path / "p2"), "--max-bad-share", "0.05"]) == 2
+    assert "bad_non_finite" in capsys.readouterr().err
