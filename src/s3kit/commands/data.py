@@ -1,4 +1,4 @@
-"""``s3kit data``: prepare real corpora, take seeded subsets, make speaker-disjoint splits.
+"""``s3kit data``: prepare real corpora, take seeded subsets, make speaker-disjoint splits, find bad audio.
 
     s3kit data prepare <corpus> ROOT OUT        # OUT/<corpus>_<split>.jsonl.gz (docs/data.md)
     s3kit data subset IN OUT --fraction 0.1 --key keyword --seed 0
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     from s3kit.data.subsets import speaker_disjoint_split, stratified_subset
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = subparsers.add_parser("data", help="prepare corpora as lhotse manifests; subsets; splits", formatter_class=fmt)
+    parser = subparsers.add_parser("data", help="prepare corpora as lhotse manifests; subsets; splits; check for bad audio", formatter_class=fmt)
     sub = parser.add_subparsers(dest="data_command", required=True)
 
     p = sub.add_parser("prepare", help="a real corpus -> OUT/<corpus>_<split>.jsonl.gz", formatter_class=fmt)
