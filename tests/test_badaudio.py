@@ -280,3 +280,17 @@ def test_cli_probe_skips_bad_training_audio_and_stops_on_a_bad_test_file(tmp_pat
     capsys.readouterr()
     assert main([*args, "--test", str(test), "--out", str(tmp_path / "p2"), "--max-bad-share", "0.05"]) == 2
     assert "bad_non_finite" in capsys.readouterr().err
+
+
+def test_a_consistent_8khz_stereo_recording_is_not_bad(tmp_path):
+    """Only a *mismatch* with the manifest is a problem: an 8 kHz stereo file described as such loads
+    (downmixed, resampled to 16 kHz) and passes `data check`."""
+    from lhotse import Recording
+
+    from s3kit.data.loader import load_cut_audio
+    from s3kit.testing import sine
+
+    wav = np.stack([sine(300.0, 1.0, 0.3, sr=8000), sine(500.0, 1.0, 0.3, sr=8000)], axis=1)
+    cut = Recording.from_file(write_wav(tmp_path / "a.wav", wav, sr=8000), recording_id="a").to_cut()
+    assert load_cut_audio(cut).shape == (16000,)
+    assert check_cut(cut) == []

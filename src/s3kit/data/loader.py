@@ -72,14 +72,14 @@ def _check_header(rec, source: str) -> None:
 
 def load_cut_audio(cut, min_samples: int = MIN_SAMPLES) -> np.ndarray:
     """A cut's audio as float32 mono 16 kHz ``[S]``, with errors that name the source file."""
-    if cut.sampling_rate != SAMPLE_RATE:
-        cut = cut.resample(SAMPLE_RATE)
     source = cut.id
     rec = getattr(cut, "recording", None)
     if rec is not None and rec.sources:
         source = f"{rec.sources[0].source} (cut {cut.id})"
     if rec is not None and rec.sources and rec.sources[0].type == "file":
-        _check_header(rec, source)
+        _check_header(rec, source)  # against the manifest's own rate, before resampling rewrites it
+    if cut.sampling_rate != SAMPLE_RATE:
+        cut = cut.resample(SAMPLE_RATE)
     try:
         audio = cut.load_audio()
     except AudioError:
