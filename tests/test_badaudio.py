@@ -294,3 +294,22 @@ def test_a_consistent_8khz_stereo_recording_is_not_bad(tmp_path):
     cut = Recording.from_file(write_wav(tmp_path / "a.wav", wav, sr=8000), recording_id="a").to_cut()
     assert load_cut_audio(cut).shape == (16000,)
     assert check_cut(cut) == []
+
+
+def test_cli_bias_stops_on_a_corrupt_stimulus_or_drops_it_for_every_upstream(tmp_path, capsys):
+    from tests.test_bias import _stimuli
+
+    stimuli = _stimuli(tmp_path)  # 6 female, 6 male, 6 positive, 6 negative, 1 young
+    corrupt = np.full(8000, np.nan, dtype=np.float32)
+    write_wav(tmp_path / "wav" / "female0.wav", corrupt, subtype="FLOAT")
+    args = ["bias", "--upstream", "mfcc", "fbank", "--stimuli", str(stimuli), "--tests", "gender",
+            "--n-permutations", "100", "--layer-permutations", "10", "--layer-bootstrap", "0", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "err")]) == 2
+    assert "female0.wav" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert main([*args, "--out", str(out), "--on-bad-audio", "skip", "--max-bad-share", "0.1"]) == 0
+    report = json.loads((out / "bias.json").read_text())
+    assert report["tests"]["gender"]["n_x"] == 5 and report["tests"]["gender"]["n_y"] == 6
+    assert len(report["upstreams"]) == 2
+    listed = [json.loads(line) for line in (out / "skipped_audio.jsonl").read_text().splitlines()]
+    assert len(listed) == 1 and listed[0]["file"].endswith("female0.wav")
