@@ -313,3 +313,23 @@ def test_cli_bias_stops_on_a_corrupt_stimulus_or_drops_it_for_every_upstream(tmp
     assert len(report["upstreams"]) == 2
     listed = [json.loads(line) for line in (out / "skipped_audio.jsonl").read_text().splitlines()]
     assert len(listed) == 1 and listed[0]["file"].endswith("female0.wav")
+
+
+def test_cli_pretrain_melhubert_skips_a_bad_file_in_targets_stats_and_training(tmp_path):
+    from lhotse import CutSet
+
+    from s3kit.methods.pretrain import load_units
+    from s3kit.testing import tone_cuts
+
+    good = list(tone_cuts(tmp_path / "good", n=12, seconds=(0.5, 0.9)))
+    bad, _ = bad_audio_cuts(tmp_path / "bad", n_good=0, kinds=("empty",))
+    manifest = save_cuts(CutSet.from_cuts(good + list(bad)), tmp_path / "train.jsonl.gz")
+    out = tmp_path / "run"
+    model = "model={num_layers: 2, hidden_size: 32, ffn_size: 64, num_heads: 2, pos_conv_kernel: 16, pos_conv_groups: 4}"
+    rc = main(["pretrain", "melhubert", "--manifest", str(manifest), "--out", str(out), "--steps", "8", "--device", "cpu",
+               "--max-bad-share", "0.1", "num_clusters=4", "max_frames=40", "max_duration=4", model,
+               "train.progress=false", "train.log_every=1"])
+    assert rc == 0
+    assert sorted(load_units(out / "targets" / "units.safetensors").ids) == sorted(c.id for c in good)
+    listed = [json.loads(line)["cut"] for line in (out / "skipped_audio.jsonl").read_text().splitlines()]
+    assert listed == ["bad_empty"]
