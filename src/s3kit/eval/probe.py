@@ -115,6 +115,9 @@ class ProbeConfig:
     cache_dir: str = "~/.cache/s3kit/features"
     checkpoint_dir: str | None = None
     device: str = "auto"
+    # unusable audio (s3kit.data.badaudio): None = skip in train, stop in dev / test (they must stay complete)
+    on_bad_audio: Literal["error", "skip"] | None = None
+    max_bad_share: float = 0.01
     max_duration: float = 60.0  # seconds of audio per upstream batch during feature extraction
     progress: bool = True
 
@@ -152,6 +155,7 @@ class ProbeResult:
     ci_low: float = math.nan  # 95 % interval of ``test``: Wilson (accuracy) or utterance bootstrap (PER / WER)
     ci_high: float = math.nan
     predictions: list[dict] = field(default_factory=list, repr=False)  # per test item, see :func:`predict`
+    skipped_audio: list[dict] = field(default_factory=list)  # cuts left out as unusable: {split, cut, file, reason}
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the per-item predictions (they go to ``predictions.jsonl.gz``)."""
@@ -519,11 +523,28 @@ def run_probe(upstream, task: str, train, dev, test, cfg: ProbeConfig = ProbeCon
     cache_dir = Path(cfg.cache_dir).expanduser()
     identity = upstream_identity(upstream)  # hash the weights once, not once per split
     # Features of the *full* train set, so every fraction and seed reuses one cache entry.
+    policy = {n: cfg.on_bad_audio or ("skip" if n == "train" else "error") for n in cuts}
     feats = {
         n: extract_features(upstream, c, cache_dir, layers=cfg.cache_layers, pooled=spec.pooled,
-                            max_duration=cfg.max_duration, device=device, identity=identity, progress=cfg.progress)
+                            max_duration=cfg.max_duration, device=device, identity=identity, progress=cfg.progress,
+                            on_bad_audio=policy[n], max_bad_share=cfg.max_bad_share)
         for n, c in cuts.items()
     }
+    from lhotse import CutSet
+
+    from s3kit.data.badaudio import BadAudio
+
+    skipped = []
+    for n, f in feats.items():  # a cache entry may come from an earlier run: apply this run's policy to it
+        if f.skipped and policy[n] == "error":
+            from s3kit.audio import AudioError
+
+            raise AudioError(f"{n} split: {f.skipped[0]['reason']} (and {len(f.skipped) - 1} more unusable cuts)")
+        if f.skipped:
+            BadAudio(policy[n], cfg.max_bad_share, total=len(cuts[n])).record(f.skipped)  # the share limit
+            gone = {r["cut"] for r in f.skipped}
+            cuts[n] = CutSet.from_cuts(c for c in cuts[n] if c.id not in gone)
+            skipped += [{"split": n, **r} for r in f.skipped]
     cuts["train"] = train_subset(cuts["train"], task, cfg.fraction, cfg.seed)
     layers = feats["train"].layers
     layer_index, select = None, None
@@ -541,6 +562,8 @@ def run_probe(upstream, task: str, train, dev, test, cfg: ProbeConfig = ProbeCon
     with _cpu_threads(1 if spec.pooled and device.type == "cpu" else None):
         runs = [_train_once(spec, task, upstream.name, labels, splits, layers, layer_index,
                             dataclasses.replace(cfg, lr=lr, lr_sweep=False), device) for lr in grid]
+    for r in runs:
+        r.skipped_audio = skipped
     if not cfg.lr_sweep:
         return runs[0]
     best = runs[0]

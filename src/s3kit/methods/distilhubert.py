@@ -528,9 +528,10 @@ def distill(teacher: str | Path | nn.Module, manifest, cfg: DistilConfig = Disti
             import torch.distributed as dist
 
             if dist.get_rank() == 0:
-                cache_mod.ensure_cache(root, teacher, list(targets), cuts)
+                cache_mod.ensure_cache(root, teacher, list(targets), cuts, **cfg.train.bad_audio_options)
             dist.barrier()
-        cache = cache_mod.ensure_cache(root, teacher, list(targets), cuts, progress=False)
+        cache = cache_mod.ensure_cache(root, teacher, list(targets), cuts, progress=False,
+                                       **cfg.train.bad_audio_options)
     method = DistilHuBERT(teacher, cfg, cache=cache)
     longest = max((c.duration for c in cuts), default=0.0)
     loader = make_loader(cuts, max_duration=max(cfg.max_duration, longest), max_cuts=cfg.batch_size,
