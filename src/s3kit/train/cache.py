@@ -180,8 +180,8 @@ def ensure_cache(root: str | Path, teacher, layers: list[int], cuts, progress: b
     """The cache for (teacher weights/config, layers, manifest) under ``root``: reused when its
     key matches, else built; caches with other keys under ``root`` are removed (invalidated)."""
     root = Path(root)
-    # the wrapper's input options change the features too (waveform normalisation, CNN batching)
-    options = {k: getattr(teacher, k) for k in ("normalize", "per_utterance_cnn") if hasattr(teacher, k)}
+    # the wrapper's input options change the features too (waveform normalisation)
+    options = {k: getattr(teacher, k) for k in ("normalize",) if hasattr(teacher, k)}
     key = cache_key(teacher_model(teacher), layers, cuts, options)
     directory = root / f"teacher-{key}"
     if (directory / INDEX).exists():
