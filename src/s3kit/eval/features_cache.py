@@ -132,12 +132,13 @@ def extract_features(
 
     Args:
         identity: override :func:`upstream_identity` (e.g. a hub revision) to skip hashing weights.
-        max_duration: seconds of audio per upstream batch (raised to the longest cut if shorter).
+        max_duration: seconds of audio per upstream batch on CUDA; batching follows
+            :func:`~s3kit.data.loader.inference_plan` (one utterance at a time on CPU).
     Returns the :class:`CachedFeatures` for this (upstream, layers, pooled, manifest).
     """
     from tqdm.auto import tqdm
 
-    from s3kit.data.loader import make_loader
+    from s3kit.data.loader import PaddingStats, inference_plan, sorted_batches
     from s3kit.data.manifest import load_cuts
 
     if isinstance(cuts, (str, Path)):
@@ -152,8 +153,8 @@ def extract_features(
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    longest = max((c.duration for c in cuts), default=0.0)
-    loader = make_loader(cuts, max_duration=max(max_duration, longest + 1e-3), shuffle=False)
+    stats = PaddingStats()
+    batches = sorted_batches(cuts, inference_plan(device, max_duration), stats)
     was_training = upstream.training
     upstream.eval().to(device)
     shard_of: dict[str, str] = {}
@@ -174,7 +175,7 @@ def extract_features(
 
     bar = tqdm(total=len(cuts), desc=f"features {upstream.name}", unit="utt", disable=not progress)
     with torch.inference_mode():
-        for batch in loader:
+        for batch in batches:
             batch = batch.to(device)
             hidden = upstream(batch.wavs, batch.lengths)
             if pooled:
@@ -195,10 +196,11 @@ def extract_features(
     bar.close()
     flush()
     upstream.train(was_training)
+    ids = [c.id for c in cuts]  # manifest order (batches ran longest first)
     meta = {
         "upstream": upstream.name, "identity": ident, "layers": layers, "pooled": pooled,
         "dim": upstream.hidden_sizes[layers[0]], "frame_rate": upstream.frame_rate,
-        "ids": ids, "shard_of": shard_of,
+        "ids": ids, "shard_of": shard_of, "padding_share": round(stats.share, 4),
     }
     write_atomic(directory / INDEX_FILE, json.dumps(meta))
     return CachedFeatures(directory)

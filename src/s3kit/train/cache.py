@@ -103,35 +103,17 @@ class TeacherCache:
         return out
 
 
-def _batches(cuts, max_duration: float):
-    """Every cut once, in length order, batched up to ``max_duration`` seconds; no lhotse
-    sampler, which would shard the cuts across ranks under torchrun."""
-    group, seconds = [], 0.0
-    for cut in sorted(cuts, key=lambda c: c.duration):
-        if group and seconds + cut.duration > max_duration:
-            yield _collate(group)
-            group, seconds = [], 0.0
-        group.append(cut)
-        seconds += cut.duration
-    if group:
-        yield _collate(group)
-
-
-def _collate(cuts):
-    from s3kit.data.loader import AudioBatch, load_cut_audio
-
-    wavs = [torch.from_numpy(load_cut_audio(c)) for c in cuts]
-    lengths = torch.tensor([len(w) for w in wavs], dtype=torch.long)
-    return AudioBatch(torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True), lengths, list(cuts), [c.id for c in cuts])
-
-
 @torch.no_grad()
 def build_cache(directory: str | Path, teacher, layers: list[int], cuts, key: str,
                 max_duration: float = 60.0, progress: bool = True) -> TeacherCache:
     """Run ``teacher`` (an upstream: :class:`~s3kit.upstream.hf.HFUpstream`,
     :class:`~s3kit.models.melhubert.MelHubertUpstream`; fp32, eval) over ``cuts`` and
-    write its ``layers`` (hidden-state indices) to ``directory`` atomically."""
+    write its ``layers`` (hidden-state indices) to ``directory`` atomically. Batching follows
+    :func:`~s3kit.data.loader.inference_plan` for the teacher's device (one utterance at a time on
+    CPU, length-sorted batches of ``max_duration`` seconds on CUDA)."""
     from tqdm.auto import tqdm
+
+    from s3kit.data.loader import inference_plan, sorted_batches
 
     directory = Path(directory)
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
@@ -145,7 +127,7 @@ def build_cache(directory: str | Path, teacher, layers: list[int], cuts, key: st
     dim = None
     bar = tqdm(total=len(cuts), desc="teacher cache", disable=not progress, dynamic_ncols=True)
     with open(tmp / FEATS, "wb") as f:
-        for batch in _batches(cuts, max_duration):
+        for batch in sorted_batches(cuts, inference_plan(device, max_duration)):
             hidden = teacher(batch.wavs.to(device), batch.lengths.to(device))
             stacked = torch.stack([hidden.states[i] for i in layers], dim=2)  # (B, T, L, D)
             dim = stacked.shape[-1]
