@@ -9,8 +9,8 @@
    Arithmetic bounds the ratio: with the live teacher a step costs the teacher's forward pass
    plus the student's forward + backward (about 3 forward passes), so in one precision
    ``speed-up <= 1 + MACs(teacher) / (3 MACs(student))`` (a frozen CNN, ``feature_grad_mult 0``,
-   has no backward pass: ``MACs(CNN) + 3 MACs(rest)`` in the denominator). MACs are counted on
-   1 s of audio. The benchmark prints the bound and the measured share of it, for a trained CNN
+   has no backward pass: ``MACs(CNN) + 3 MACs(rest)`` in the denominator); the student is what
+   the step trains, the student network and its prediction heads. MACs are counted on 1 s of audio. The benchmark prints the bound and the measured share of it, for a trained CNN
    (gradient x 0.1, s3prl's recipe) and a frozen one (``--feature-grad-mult`` lists the variants).
    ``--amp`` also measures the student in bf16 autocast with the teacher in fp32 (as s3prl trains
    with fp16); it is on by default on CUDA and on CPUs with AVX512-BF16 / AMX, where bf16 is fast.
@@ -79,12 +79,21 @@ def train_rounds(make_method, batches, rounds: int, device, amp: bool = False, c
     return times, last
 
 
-def arithmetic_estimate(teacher, student, feature_grad_mult: float) -> float:
+def arithmetic_estimate(teacher, method, feature_grad_mult: float) -> float:
     """``1 + MACs(teacher fwd) / MACs(student fwd + bwd)``: the cache speed-up when every MAC costs
-    the same. Backward ~ 2 x forward; a frozen CNN (``feature_grad_mult == 0``) has no backward."""
+    the same. The student is what the step trains: the student network and the prediction heads.
+    Backward ~ 2 x forward; a frozen CNN (``feature_grad_mult == 0``) has no backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from s3kit.eval.efficiency import count_macs
 
+    student = method.student
     t, s = count_macs(teacher), count_macs(student)
+    if method.heads is not None:  # the heads run on the student's last layer: 50 frames per second
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            method.heads(torch.zeros(1, 50, method.heads.dim))
+        s += counter.get_total_flops() / 2
     if feature_grad_mult == 0:
         cnn = count_macs(_CNNOnly(student))
         train = cnn + 3 * (s - cnn)
@@ -155,7 +164,7 @@ def main() -> None:
                 return DistilHuBERT(teacher, cfg, cache=cache if cached else None).to(device)
 
             probe = make(False)
-            bound = arithmetic_estimate(teacher.cpu(), probe.student.cpu(), fgm)
+            bound = arithmetic_estimate(teacher.cpu(), probe.cpu(), fgm)
             teacher.to(device)
             del probe
             cnn = "frozen CNN" if fgm == 0 else f"CNN gradient x {fgm:g}"
