@@ -87,4 +87,6 @@ def fmt_ratio(s: dict) -> str:
 
 def fmt_time(t: list[float], scale: float = 1.0, unit: str = "s") -> str:
     """``median [min-max]`` of ``t * scale``."""
-    return f"{statistics.median(t) * scale:.3g} {unit} [{min(t) * scale:.3g}-{max(t) * scale:.3g}]"
+    def f(x: float) -> str:
+        return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+    return f"{f(statistics.median(t) * scale)} {unit} [{f(min(t) * scale)}-{f(max(t) * scale)}]"
