@@ -77,12 +77,15 @@ def ratio(slow: list[float], fast: list[float]) -> dict:
     mean = statistics.fmean(logs)
     half = _t975(n - 1) * statistics.stdev(logs) / math.sqrt(n) if n > 1 else float("nan")
     return {"median": statistics.median(r), "min": min(r), "max": max(r), "lo": math.exp(mean - half),
-            "hi": math.exp(mean + half), "n": n}
+            "hi": math.exp(mean + half), "n": n,
+            # rounds in the given order / in reverse order: they agree within noise unless order matters
+            "orders": (statistics.median(r[0::2]), statistics.median(r[1::2]) if n > 1 else float("nan"))}
 
 
 def fmt_ratio(s: dict) -> str:
     return (f"{s['median']:.2f}x (median of {s['n']} paired rounds, range {s['min']:.2f}-{s['max']:.2f}, "
-            f"95 % CI of the geometric mean {s['lo']:.2f}-{s['hi']:.2f})")
+            f"95 % CI of the geometric mean {s['lo']:.2f}-{s['hi']:.2f}; by run order "
+            f"{s['orders'][0]:.2f} / {s['orders'][1]:.2f})")
 
 
 def fmt_time(t: list[float], scale: float = 1.0, unit: str = "s") -> str:
