@@ -33,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--max-duration", type=float, default=d.max_duration,
                    help="seconds of audio per batch on CUDA (length-sorted batches)")
     p.add_argument("--max-cuts", type=int, default=d.max_cuts,
-                   help="utterances per batch (default: the device's plan, 1 on CPU, where batching is slower)")
+                   help="utterances per batch; None: the device's plan (1 on CPU, where batching is slower)")
     p.add_argument("--dtype", choices=["float16", "float32"], default=d.dtype)
     p.add_argument("--device", default=d.device, help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     p.set_defaults(func=run)
