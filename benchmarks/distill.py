@@ -1,22 +1,25 @@
 """DistilHuBERT costs, measured side by side in one run.
 
-1. Training steps per second with the teacher-feature cache vs with the live teacher
-   (a 12-layer teacher at moderate width, a 2-layer student, the same batches), and what
-   arithmetic predicts for that ratio: with the live teacher a step costs the teacher's forward
-   pass plus the student's forward + backward (about 3 forward passes), so in one precision
-   ``speed-up ~ 1 + MACs(teacher) / (3 MACs(student))``, which stays below 3 for any 12-layer
-   teacher and 2-layer student of the same width and CNN (MACs counted on 1 s of audio; real
-   backward passes and longer clips move the measured ratio around the estimate). A ratio of 3
-   or more needs the student in reduced precision while the teacher runs fp32, as s3prl trains
-   (fp16 student, fp32 teacher) and as s3kit's trainer does with ``amp`` (on CUDA by default; on
-   CPU with ``amp_cpu=true``, fast where the CPU has AMX / AVX512-BF16). The benchmark measures
-   both: the student in fp32, and in bf16 autocast (``--no-amp`` skips the second; the headline
-   is the mixed-precision ratio when it ran).
-2. Student vs teacher at HuBERT-Base shape (random init): parameter ratio and CPU inference
-   speed-up, batch size one (the paper's Table 2: 25 % and 1.73x).
+1. Training steps per second with the teacher-feature cache vs with the live teacher (a 12-layer
+   teacher at moderate width, a 2-layer student, the same batches). Both methods start from the
+   same weights, see the same batches under the same random seeds and are timed in interleaved
+   rounds (one pass over every batch each), in alternating order, after a warm-up round that
+   meets every batch shape; the ratio is taken per round. Their losses must agree at the end
+   (the cache stores the teacher's states in fp16), or the comparison is void.
+   Arithmetic bounds the ratio: with the live teacher a step costs the teacher's forward pass
+   plus the student's forward + backward (about 3 forward passes), so in one precision
+   ``speed-up <= 1 + MACs(teacher) / (3 MACs(student))`` (a frozen CNN, ``feature_grad_mult 0``,
+   has no backward pass: ``MACs(CNN) + 3 MACs(rest)`` in the denominator); the student is what
+   the step trains, the student network and its prediction heads. MACs are counted on 1 s of audio. The benchmark prints the bound and the measured share of it, for a trained CNN
+   (gradient x 0.1, s3prl's recipe) and a frozen one (``--feature-grad-mult`` lists the variants).
+   ``--amp`` also measures the student in bf16 autocast with the teacher in fp32 (as s3prl trains
+   with fp16); it is on by default on CUDA and on CPUs with AVX512-BF16 / AMX, where bf16 is fast.
+2. Student vs teacher at HuBERT-Base shape (random init): parameter ratio and inference speed-up,
+   batch size one (the paper's Table 2: 25 % and 1.73x), interleaved the same way.
 
-Usage: ``python benchmarks/distill.py [--hidden 256 --conv 64 --steps 8 --device cpu]``.
-The last line is the headline ``distill_cache_speedup: <ratio>x``.
+Usage: ``python benchmarks/distill.py [--hidden 256 --conv 64 --rounds 5 --device cpu]``.
+The last line is the headline ``distill_cache_speedup: <ratio>x (bound <b>x, <share> % of it)``:
+the trained-CNN fp32 variant.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import describe_device, fmt_ratio, fmt_time, interleaved, ratio
 
 
 def corpus(root: Path, n: int, seconds: float, seed: int = 0):
@@ -44,40 +48,52 @@ def corpus(root: Path, n: int, seconds: float, seed: int = 0):
     return CutSet.from_manifests(recordings=RecordingSet.from_recordings(recs))
 
 
-def steps_per_second(methods: dict, batches, steps: int, device, amp: bool = False) -> dict[str, float]:
-    """Steps/s of each method; their steps are interleaved so load drift hits them alike.
-    ``amp``: the student under bf16 autocast, as the trainer runs it on CUDA (the teacher is fp32
-    either way)."""
-    opts = {k: torch.optim.Adam(m.trainable_parameters(), lr=1e-4) for k, m in methods.items()}
-    spent = dict.fromkeys(methods, 0.0)
+def train_rounds(make_method, batches, rounds: int, device, amp: bool = False, control: bool = False):
+    """Time a pass over ``batches`` with the live teacher and with the cache, interleaved.
 
-    def one(name, b):
+    ``make_method(cached)`` builds each method from the same seed. Returns (times per method,
+    last loss per method). Step ``i`` of round ``r`` runs under seed ``(r, i)`` for both, so
+    their dropout masks and parameters stay in step. ``control``: both methods use the cache (an
+    A/A run: its ratio shows what the timing alone reports for equal work, ideally 1)."""
+    methods = {"live": make_method(control), "cache": make_method(True)}
+    opts = {k: torch.optim.Adam(m.trainable_parameters(), lr=1e-4) for k, m in methods.items()}
+    last: dict[str, float] = {}
+    state = {"round": 0}
+
+    def run(name):
         method, opt = methods[name], opts[name]
         method.train()
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = method.step(b.to(device))["loss"]
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        for i, b in enumerate(batches):
+            torch.manual_seed(1000 * (state["round"] + 10) + i)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = method.step(b.to(device))["loss"]
+            loss.backward()
+            opt.step()
+        last[name] = float(loss.detach())
 
-    for name in methods:  # warm-up
-        one(name, batches[0])
-    for i in range(steps):
-        for name in methods:
-            t = time.perf_counter()
-            one(name, batches[i % len(batches)])
-            spent[name] += time.perf_counter() - t
-    return {k: steps / v for k, v in spent.items()}
+    def set_round(r):
+        state["round"] = r
+
+    times = interleaved({k: (lambda k=k: run(k)) for k in methods}, rounds, device=device, round_fn=set_round)
+    return times, last
 
 
-def arithmetic_estimate(teacher, student, feature_grad_mult: float) -> float:
+def arithmetic_estimate(teacher, method, feature_grad_mult: float) -> float:
     """``1 + MACs(teacher fwd) / MACs(student fwd + bwd)``: the cache speed-up when every MAC costs
-    the same. Backward ~ 2 x forward; a frozen CNN (``feature_grad_mult == 0``) has no backward."""
+    the same. The student is what the step trains: the student network and the prediction heads.
+    Backward ~ 2 x forward; a frozen CNN (``feature_grad_mult == 0``) has no backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from s3kit.eval.efficiency import count_macs
 
+    student = method.student
     t, s = count_macs(teacher), count_macs(student)
+    if method.heads is not None:  # the heads run on the student's last layer: 50 frames per second
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            method.heads(torch.zeros(1, 50, method.heads.dim))
+        s += counter.get_total_flops() / 2
     if feature_grad_mult == 0:
         cnn = count_macs(_CNNOnly(student))
         train = cnn + 3 * (s - cnn)
@@ -95,18 +111,6 @@ class _CNNOnly(torch.nn.Module):
         return self.upstream.cnn(wav, torch.tensor([wav.shape[1]]))
 
 
-def inference_time(model, wav, reps: int) -> float:
-    model.eval()
-    with torch.no_grad():
-        model(wav)
-        best = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            model(wav)
-            best.append(time.perf_counter() - t)
-    return float(np.median(best))
-
-
 def main() -> None:
     from s3kit.data.loader import make_loader
     from s3kit.methods.distilhubert import DistilConfig, DistilHuBERT, build_student
@@ -120,13 +124,17 @@ def main() -> None:
     ap.add_argument("--utterances", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=2.0, help="mean utterance length")
     ap.add_argument("--batch-seconds", type=float, default=8.0)
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--reps", type=int, default=3, help="inference repetitions (median)")
-    ap.add_argument("--feature-grad-mult", type=float, default=0.1,
-                    help="gradient scale into the student CNN (recipe: 0.1; 0 freezes it)")
-    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                    help="also measure with the student in bf16 autocast (teacher fp32), the trainer's amp")
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds, each a pass over every batch")
+    ap.add_argument("--reps", type=int, default=5, help="inference rounds at HuBERT-Base shape")
+    ap.add_argument("--feature-grad-mult", default="0.1,0",
+                    help="comma-separated CNN gradient scales to measure (0.1: s3prl's recipe; 0 freezes the CNN)")
+    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                    help="also measure the student in bf16 autocast, teacher fp32 (default: on CUDA or a CPU with "
+                         "AVX512-BF16 / AMX)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--skip-base", action="store_true", help="skip the HuBERT-Base inference comparison")
+    ap.add_argument("--control", action="store_true",
+                    help="also time the cache against itself (A/A): the ratio equal work gets, ideally 1.00x")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -140,44 +148,67 @@ def main() -> None:
         cache = ensure_cache(tmp / "cache", teacher, [4, 8, 12], cuts, progress=False)
         build_s = time.perf_counter() - t
         batches = list(make_loader(cuts, max_duration=args.batch_seconds, seed=0))
-        cfg = DistilConfig(layers=2, targets=(4, 8, 12), feature_grad_mult=args.feature_grad_mult)
-        torch.manual_seed(0)
-        live = DistilHuBERT(teacher, cfg).to(device)
-        torch.manual_seed(0)
-        cached = DistilHuBERT(teacher, cfg, cache=cache).to(device)
         audio_s = sum(c.duration for c in cuts)
-        estimate = arithmetic_estimate(teacher.cpu(), live.student.cpu(), args.feature_grad_mult)
-        live.to(device), cached.to(device)
-        print(f"teacher 12 x {args.hidden} (CNN {args.conv}), student 2 layers, CNN gradient x "
-              f"{args.feature_grad_mult:g}, {len(batches)} batches of <= {args.batch_seconds:.0f} s, "
-              f"{args.steps} steps on {device}")
+        amp_ok = device.type == "cuda" or torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX")
+        amp = amp_ok if args.amp is None else args.amp
+        print(f"teacher 12 x {args.hidden} (CNN {args.conv}), student 2 layers, {len(batches)} batches of "
+              f"<= {args.batch_seconds:.0f} s, {args.rounds} rounds + 1 warm-up on {describe_device(device)}")
         print(f"cache build: {build_s:.2f} s for {audio_s:.0f} s of audio "
               f"({sum(f.stat().st_size for f in cache.directory.iterdir()) / 1e6:.1f} MB on disk)")
-        print(f"arithmetic estimate in one precision (1 + teacher MACs / student train MACs): {estimate:.2f}x")
-        ratio = None
-        for amp in (False, True) if args.amp else (False,):
-            sps = steps_per_second({"live": live, "cache": cached}, batches, args.steps, device, amp=amp)
-            label = "student bf16 autocast, teacher fp32" if amp else "student fp32, teacher fp32"
-            ratio = sps["cache"] / sps["live"]
-            print(f"{label}: steps/s live teacher {sps['live']:.2f}, cached teacher {sps['cache']:.2f}, "
-                  f"speed-up {ratio:.2f}x")
+        headline = None
+        for fgm in [float(x) for x in args.feature_grad_mult.split(",")]:
+            cfg = DistilConfig(layers=2, targets=(4, 8, 12), feature_grad_mult=fgm)
 
-    # HuBERT-Base shape: the paper's Table 2 comparison (random weights; speed does not depend on them)
-    from transformers import HubertConfig, HubertModel
+            def make(cached, cfg=cfg):
+                torch.manual_seed(0)
+                return DistilHuBERT(teacher, cfg, cache=cache if cached else None).to(device)
 
-    base = HubertModel(HubertConfig(layerdrop=0.0)).eval()
-    student = build_student(base, layers=2).eval()
-    n_t = sum(p.numel() for p in base.parameters())
-    n_s = sum(p.numel() for p in student.parameters())
-    threads = torch.get_num_threads()
-    wav = torch.randn(1, 16000 * 4)
-    t_t = inference_time(HFUpstream(base), wav.clone(), args.reps)
-    t_s = inference_time(HFUpstream(student), wav.clone(), args.reps)
-    print(f"HuBERT-Base teacher {n_t / 1e6:.2f} M params, student {n_s / 1e6:.2f} M ({100 * n_s / n_t:.1f} %; "
-          f"paper 23.49 M, 25 %)")
-    print(f"CPU inference, 1 x 4 s, {threads} threads: teacher {1000 * t_t:.0f} ms, student {1000 * t_s:.0f} ms, "
-          f"speed-up {t_t / t_s:.2f}x (paper 1.73x)")
-    print(f"distill_cache_speedup: {ratio:.2f}x")
+            probe = make(False)
+            bound = arithmetic_estimate(teacher.cpu(), probe.cpu(), fgm)
+            teacher.to(device)
+            del probe
+            cnn = "frozen CNN" if fgm == 0 else f"CNN gradient x {fgm:g}"
+            for use_amp in (False, True) if amp else (False,):
+                times, last = train_rounds(make, batches, args.rounds, device, amp=use_amp)
+                label = "student bf16 autocast, teacher fp32" if use_amp else "fp32"
+                r = ratio(times["live"], times["cache"])
+                gap = abs(last["live"] - last["cache"]) / max(abs(last["live"]), 1e-8)
+                print(f"{cnn}, {label}: s / pass live {fmt_time(times['live'])}, cached {fmt_time(times['cache'])}; "
+                      f"final loss live {last['live']:.4f}, cached {last['cache']:.4f} (rel. diff {gap:.1e})")
+                if gap > 1e-2:
+                    raise SystemExit("the cached and live runs diverged: the comparison is void")
+                share = f", {100 * r['median'] / bound:.0f} % of the bound" if not use_amp else ""
+                print(f"  cache speed-up {fmt_ratio(r)}; bound 1 + MACs(t) / MACs(s train) = {bound:.2f}x{share}")
+                if not use_amp and headline is None:
+                    headline = f"{r['median']:.2f}x (bound {bound:.2f}x, {100 * r['median'] / bound:.0f} % of it)"
+                if args.control and not use_amp:
+                    times, _ = train_rounds(make, batches, args.rounds, device, control=True)
+                    print(f"  control, cache vs cache (A/A): {fmt_ratio(ratio(times['live'], times['cache']))}")
+
+    if not args.skip_base:
+        # HuBERT-Base shape: the paper's Table 2 comparison (random weights; speed does not depend on them)
+        from transformers import HubertConfig, HubertModel
+
+        base = HubertModel(HubertConfig(layerdrop=0.0)).eval()
+        student = build_student(base, layers=2).eval()
+        n_t = sum(p.numel() for p in base.parameters())
+        n_s = sum(p.numel() for p in student.parameters())
+        up_t, up_s = HFUpstream(base).to(device), HFUpstream(student).to(device)
+        wav = torch.randn(1, 16000 * 4, device=device)
+
+        def forward(up):
+            def run():
+                with torch.inference_mode():
+                    up(wav)
+            return run
+
+        times = interleaved({"teacher": forward(up_t), "student": forward(up_s)}, args.reps, device=device)
+        r = ratio(times["teacher"], times["student"])
+        print(f"HuBERT-Base teacher {n_t / 1e6:.2f} M params, student {n_s / 1e6:.2f} M ({100 * n_s / n_t:.1f} %; "
+              f"paper 23.49 M, 25 %)")
+        print(f"inference, 1 x 4 s: teacher {fmt_time(times['teacher'], 1000, 'ms')}, student "
+              f"{fmt_time(times['student'], 1000, 'ms')}, speed-up {fmt_ratio(r)} (paper 1.73x)")
+    print(f"distill_cache_speedup: {headline}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ def test_loader_batches_by_duration(manifest):
         make_loader(cuts, max_duration=0.5)
 
 
-def test_extract_matches_direct_run_and_resumes(tmp_path, manifest):
+def test_extract_matches_direct_run_and_resumes(tmp_path, manifest, monkeypatch):
+    monkeypatch.setattr("s3kit.extract.SHARD_BYTES", 1)  # one shard per batch, so resuming has work to skip
     path, cuts = manifest
     up = load_upstream(tiny_hf_dir(tmp_path / "m", kind="hubert"))
     out = extract(up, path, tmp_path / "feats", ExtractConfig(layers=[0, 2], pool="none", dtype="float32", max_duration=2.0), progress=False)
@@ -50,7 +51,7 @@ def test_extract_matches_direct_run_and_resumes(tmp_path, manifest):
     before = {p.name for p in (out / "shards").iterdir()}
     extract(up, path, out, ExtractConfig(layers=[0, 2], pool="none", dtype="float32", max_duration=2.0), progress=False)
     after = {p.name for p in (out / "shards").iterdir()}
-    assert len(after - before) == 1
+    assert len(after - before) == 1 and len(lines) == len(cuts)  # CPU plan: one utterance per batch
     assert sorted(load_features(out)) == sorted(c.id for c in cuts)
     new = json.loads((out / "index.jsonl").read_text().splitlines()[-1])
     assert sorted(new["ids"]) == sorted(missing)
@@ -78,3 +79,46 @@ def test_cli_help_lists_subcommands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "extract" in capsys.readouterr().out
+
+
+def test_inference_plan_per_device_and_sorted_batches_padding(manifest):
+    from s3kit.data.loader import PaddingStats, inference_plan, sorted_batches
+
+    _, cuts = manifest
+    assert inference_plan("cpu").max_cuts == 1
+    assert inference_plan(torch.device("cuda"), 30.0).max_cuts is None
+    assert inference_plan("cpu", max_cuts=4).max_cuts == 4
+    stats = PaddingStats()
+    batches = list(sorted_batches(cuts, inference_plan("cuda", max_duration=2.0), stats))
+    durations = {c.id: c.duration for c in cuts}
+    ids = [i for b in batches for i in b.ids]
+    assert sorted(ids) == sorted(durations)
+    assert [durations[i] for i in ids] == sorted(durations.values(), reverse=True)  # longest first
+    real = sum(int(b.lengths.sum()) for b in batches)
+    padded = sum(b.wavs.numel() for b in batches)
+    assert len(batches) < len(cuts) and all(sum(durations[i] for i in b.ids) <= 2.0 for b in batches)
+    assert stats.share == pytest.approx(1 - real / padded) and stats.share > 0
+    one = PaddingStats()
+    assert len(list(sorted_batches(cuts, inference_plan("cpu"), one))) == len(cuts) and one.share == 0.0
+
+
+def test_batched_plan_gives_the_one_by_one_features_in_manifest_order(tmp_path, manifest):
+    """Length-sorted padded batches (the CUDA plan, forced here on CPU) with a group-norm CNN give
+    the features of the one-utterance plan; the feature cache lists ids in manifest order."""
+    from s3kit.eval.embed import utterance_embeddings
+    from s3kit.eval.features_cache import extract_features
+
+    path, cuts = manifest
+    up = load_upstream(tiny_hf_dir(tmp_path / "m", kind="hubert", norm="group"))
+    one = extract(up, path, tmp_path / "one", ExtractConfig(pool="none", dtype="float32"), progress=False)
+    many = extract(up, path, tmp_path / "many", ExtractConfig(pool="none", dtype="float32", max_cuts=8,
+                                                              max_duration=10.0), progress=False)
+    assert len((many / "index.jsonl").read_text().splitlines()) == 1
+    a, b = load_features(one), load_features(many)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0)
+    cache = extract_features(up, cuts, tmp_path / "cache", pooled=True, progress=False)
+    assert cache.ids == [c.id for c in cuts]
+    emb = utterance_embeddings(up, cuts, device="cpu", progress=False)
+    for row, c in enumerate(cuts):
+        torch.testing.assert_close(torch.from_numpy(emb[row]), a[c.id].mean(1), atol=1e-4, rtol=0)

@@ -2,13 +2,17 @@
 
 Output directory layout::
 
-    OUT/shards/00000.safetensors   one shard per batch: {cut_id: [L', T, D] or [L', D]} in fp16
+    OUT/shards/00000.safetensors   one shard per ~64 MiB: {cut_id: [L', T, D] or [L', D]} in fp16
     OUT/index.jsonl                one line per finished shard: {"shard", "ids", "frames"}
     OUT/extract.json               what was extracted (upstream, layers, pooling, frame rate)
     OUT/skipped_audio.jsonl        with on_bad_audio="skip": the cuts left out, with file and reason
 
 Resumable: a shard is listed in the index only after it is fully written, and a rerun skips
 every cut already listed. A rerun with different settings on the same OUT is an error.
+
+Batching follows :func:`s3kit.data.loader.inference_plan`: one utterance at a time on CPU,
+length-sorted batches of up to ``max_duration`` seconds on CUDA (longest first, so shards hold
+utterances in that order; features are looked up by cut id).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from s3kit.data.badaudio import MAX_BAD_SHARE, skipped_path
+from s3kit.data.badaudio import MAX_BAD_SHARE, BadAudio, skipped_path
 from s3kit.upstream.base import Upstream
 
 
@@ -32,14 +36,18 @@ from s3kit.upstream.base import Upstream
 class ExtractConfig:
     layers: list[int] | None = None  # None = every state of the upstream
     pool: Literal["mean", "none"] = "mean"  # "mean": time-average per layer -> [L', D]
-    max_duration: float = 120.0  # seconds of audio per batch
+    max_duration: float = 120.0  # seconds of audio per batch (CUDA plan)
+    max_cuts: int | None = None  # utterances per batch; None: the device's plan (1 on CPU)
     dtype: Literal["float16", "float32"] = "float16"
     device: str = "auto"
     on_bad_audio: Literal["error", "skip"] = "error"  # s3kit.data.badaudio: stop at a bad cut, or leave it out
     max_bad_share: float = MAX_BAD_SHARE  # with "skip": stop when more cuts than this share are bad
 
     # how a run treats bad input, not what it extracts: a rerun may change these
-    RUN_ONLY = ("device", "max_duration", "on_bad_audio", "max_bad_share")
+    RUN_ONLY = ("device", "max_duration", "max_cuts", "on_bad_audio", "max_bad_share")
+
+
+SHARD_BYTES = 64 * 2**20  # features per shard file before it is written
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -79,9 +87,12 @@ def extract(
     out: str | Path,
     cfg: ExtractConfig = ExtractConfig(),
     progress: bool = True,
+    stats=None,
 ) -> Path:
-    """Extract ``cfg.layers`` of ``upstream`` for every cut in ``cuts`` (CutSet or manifest path) into ``out``."""
-    from s3kit.data.loader import make_loader
+    """Extract ``cfg.layers`` of ``upstream`` for every cut in ``cuts`` (CutSet or manifest path) into ``out``.
+
+    ``stats``: an optional :class:`~s3kit.data.loader.PaddingStats` that collects the padding share."""
+    from s3kit.data.loader import inference_plan, sorted_batches
     from s3kit.data.manifest import load_cuts
 
     if isinstance(cuts, (str, Path)):
@@ -106,31 +117,46 @@ def extract(
     device = resolve_device(cfg.device)
     upstream = upstream.to(device).eval()
     dtype = getattr(torch, cfg.dtype)
-    loader = make_loader(todo, max_duration=cfg.max_duration, shuffle=False, on_bad_audio=cfg.on_bad_audio,
-                         max_bad_share=cfg.max_bad_share)
-    loader.bad_audio.total = len(cuts)  # the share is of the whole manifest, also on a resumed run
-    loader.bad_audio.log_to(skipped_path(out))
+    bad_audio = BadAudio(cfg.on_bad_audio, cfg.max_bad_share, total=len(cuts))  # share of the whole manifest, also on a resumed run
+    bad_audio.log_to(skipped_path(out))
+    plan = inference_plan(device, cfg.max_duration, cfg.max_cuts)
     shard_no = len(list((out / "shards").glob("*.safetensors")))
     bar = tqdm(total=len(todo), desc=f"extract {meta['upstream']}", unit="utt", disable=not progress)
+    tensors: dict[str, torch.Tensor] = {}
+    frames: list[int] = []
+    size = 0
     with open(out / "index.jsonl", "a") as index:
-        for batch in loader:
+
+        def flush():
+            nonlocal shard_no, tensors, frames, size
+            if not tensors:
+                return
+            name = f"{shard_no:05d}.safetensors"
+            tmp = out / "shards" / f".{name}.tmp"
+            save_file(tensors, str(tmp))
+            os.replace(tmp, out / "shards" / name)
+            index.write(json.dumps({"shard": name, "ids": list(tensors), "frames": frames}) + "\n")
+            index.flush()
+            shard_no += 1
+            tensors, frames, size = {}, [], 0
+
+        for batch in sorted_batches(todo, plan, stats, bad_audio):
+            if not len(batch):
+                bar.update(len(batch.skipped))
+                continue
             batch = batch.to(device)
             hidden, chosen = run_upstream(upstream, batch.wavs, batch.lengths, cfg.layers)
-            tensors, frames = {}, []
             for i, cut_id in enumerate(batch.ids):
                 n = int(hidden.lengths[i])
                 per_layer = torch.stack([hidden.states[l][i, :n] for l in chosen])  # (L', T, D)
                 feat = per_layer.mean(1) if cfg.pool == "mean" else per_layer  # (L', D) or (L', T, D)
                 tensors[cut_id] = feat.to("cpu", dtype).contiguous()
+                size += tensors[cut_id].numel() * tensors[cut_id].element_size()
                 frames.append(n)
-            name = f"{shard_no:05d}.safetensors"
-            tmp = out / "shards" / f".{name}.tmp"
-            save_file(tensors, str(tmp))
-            os.replace(tmp, out / "shards" / name)
-            index.write(json.dumps({"shard": name, "ids": batch.ids, "frames": frames}) + "\n")
-            index.flush()
-            shard_no += 1
+            if size >= SHARD_BYTES:
+                flush()
             bar.update(len(batch) + len(batch.skipped))
+        flush()
     bar.close()
     return out
 

@@ -31,7 +31,10 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--layers", type=_layers, default=d.layers, help="comma-separated layer indices (0 = input to layer 1), or 'all'")
     p.add_argument("--pool", choices=["mean", "none"], default=d.pool, help="'mean': time-average per layer; 'none': frame features")
-    p.add_argument("--max-duration", type=float, default=d.max_duration, help="seconds of audio per batch")
+    p.add_argument("--max-duration", type=float, default=d.max_duration,
+                   help="seconds of audio per batch on CUDA (length-sorted batches)")
+    p.add_argument("--max-cuts", type=int, default=d.max_cuts,
+                   help="utterances per batch; None: the device's plan (1 on CPU, where batching is slower)")
     p.add_argument("--dtype", choices=["float16", "float32"], default=d.dtype)
     p.add_argument("--device", default=d.device, help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     add_bad_audio(p, d.on_bad_audio)
@@ -39,14 +42,19 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from s3kit.extract import ExtractConfig, extract
+    from s3kit.data.loader import PaddingStats, inference_plan
+    from s3kit.extract import ExtractConfig, extract, resolve_device
     from s3kit.upstream import load_upstream
 
     from s3kit.data.badaudio import skipped_path
 
-    cfg = ExtractConfig(layers=args.layers, pool=args.pool, max_duration=args.max_duration, dtype=args.dtype,
-                        device=args.device, on_bad_audio=args.on_bad_audio, max_bad_share=args.max_bad_share)
-    out = extract(load_upstream(args.upstream), args.manifest, args.out, cfg)
+    cfg = ExtractConfig(layers=args.layers, pool=args.pool, max_duration=args.max_duration, max_cuts=args.max_cuts,
+                        dtype=args.dtype, device=args.device, on_bad_audio=args.on_bad_audio,
+                        max_bad_share=args.max_bad_share)
+    stats = PaddingStats()
+    out = extract(load_upstream(args.upstream), args.manifest, args.out, cfg, stats=stats)
+    plan = inference_plan(resolve_device(cfg.device), cfg.max_duration, cfg.max_cuts)
+    print(f"batching {plan.describe()}; padding {100 * stats.share:.1f} % of the batched samples")
     print(f"features written to {out}")
     skipped = skipped_path(out)
     if skipped.exists() and skipped.read_text().strip():

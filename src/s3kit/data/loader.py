@@ -235,3 +235,93 @@ def make_loader(
     if skipped_log is not None:
         loader.bad_audio.log_to(skipped_log)
     return loader
+
+
+# ----------------------------------------------------------------------------- inference batching
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How inference over variable-length audio is batched (see :func:`inference_plan`).
+
+    max_duration: seconds of audio per batch (a longer utterance goes alone).
+    max_cuts: utterances per batch (1: one utterance at a time, no padding).
+    """
+
+    device: str
+    max_duration: float
+    max_cuts: int | None
+
+    def describe(self) -> str:
+        if self.max_cuts == 1:
+            return f"{self.device}: one utterance per batch (no padding)"
+        return f"{self.device}: length-sorted batches of <= {self.max_duration:g} s of audio"
+
+
+def inference_plan(device, max_duration: float = 120.0, max_cuts: int | None = None) -> BatchPlan:
+    """The batching for inference on ``device``, by this rule:
+
+    * CPU: one utterance per batch. Measured on a 2-core CPU (issue 18, ``benchmarks/extract.py``):
+      batches of even length-sorted utterances run slower than the utterances one at a time (a
+      batch's activations leave the cache: HuBERT's CNN at 0.83x of the loop with 8 s of audio
+      per batch, 0.39x with 60 s), and one utterance has no padding.
+    * CUDA (any non-CPU device): length-sorted batches of up to ``max_duration`` seconds, which
+      keep the device busy with little padding.
+
+    ``max_cuts`` overrides the utterances per batch on any device.
+    """
+    kind = torch.device(device).type
+    if max_cuts is None and kind == "cpu":
+        max_cuts = 1
+    return BatchPlan(device=str(device), max_duration=float(max_duration), max_cuts=max_cuts)
+
+
+@dataclass
+class PaddingStats:
+    """Samples of real audio and of padding over the batches of :func:`sorted_batches`."""
+
+    audio: int = 0
+    padding: int = 0
+    batches: int = 0
+
+    @property
+    def share(self) -> float:
+        """Fraction of the batched samples that is padding."""
+        total = self.audio + self.padding
+        return self.padding / total if total else 0.0
+
+
+def sorted_batches(cuts, plan: BatchPlan, stats: PaddingStats | None = None, bad_audio: BadAudio | None = None):
+    """Every cut once, longest first, grouped into :class:`AudioBatch` es under ``plan``.
+
+    Neighbours in length share a batch, so padding is small; the caller restores the manifest
+    order from ``batch.ids``. Longest first: a batch that does not fit in memory fails at once.
+    No lhotse sampler, which would shard the cuts across ranks under ``torchrun``.
+    ``bad_audio`` (:class:`~s3kit.data.badaudio.BadAudio`): what to do with unusable cuts (None:
+    stop at the first); with ``skip`` they are recorded there and a batch keeps only the good
+    ones (a batch with none left is still yielded, empty, so callers can count progress).
+    """
+    order = sorted(cuts, key=lambda c: (-c.duration, c.id))
+    dataset = AudioDataset(on_bad_audio=bad_audio.policy if bad_audio is not None else "error")
+    group, seconds = [], 0.0
+    for cut in order:
+        full = plan.max_cuts is not None and len(group) >= plan.max_cuts
+        if group and (full or seconds + cut.duration > plan.max_duration):
+            yield _collated(dataset, group, stats, bad_audio)
+            group, seconds = [], 0.0
+        group.append(cut)
+        seconds += cut.duration
+    if group:
+        yield _collated(dataset, group, stats, bad_audio)
+
+
+def _collated(dataset: AudioDataset, group: list, stats: PaddingStats | None, bad_audio: BadAudio | None) -> AudioBatch:
+    batch = dataset[group]
+    if bad_audio is not None:
+        bad_audio.record(batch.skipped, tried=len(group))
+    if stats is not None and len(batch):
+        real = int(batch.lengths.sum())
+        stats.audio += real
+        stats.padding += batch.wavs.numel() - real
+        stats.batches += 1
+    return batch

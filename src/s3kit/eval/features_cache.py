@@ -135,14 +135,15 @@ def extract_features(
 
     Args:
         identity: override :func:`upstream_identity` (e.g. a hub revision) to skip hashing weights.
-        max_duration: seconds of audio per upstream batch (raised to the longest cut if shorter).
+        max_duration: seconds of audio per upstream batch on CUDA; batching follows
+            :func:`~s3kit.data.loader.inference_plan` (one utterance at a time on CPU).
         on_bad_audio, max_bad_share: unusable cuts stop the extraction (``error``) or are left out
             and listed in the index's ``skipped`` (``skip``; :mod:`s3kit.data.badaudio`).
     Returns the :class:`CachedFeatures` for this (upstream, layers, pooled, manifest).
     """
     from tqdm.auto import tqdm
 
-    from s3kit.data.loader import make_loader
+    from s3kit.data.loader import PaddingStats, inference_plan, sorted_batches
     from s3kit.data.manifest import load_cuts
 
     if isinstance(cuts, (str, Path)):
@@ -157,9 +158,11 @@ def extract_features(
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    longest = max((c.duration for c in cuts), default=0.0)
-    loader = make_loader(cuts, max_duration=max(max_duration, longest + 1e-3), shuffle=False,
-                         on_bad_audio=on_bad_audio, max_bad_share=max_bad_share)
+    from s3kit.data.badaudio import BadAudio
+
+    stats = PaddingStats()
+    bad_audio = BadAudio(on_bad_audio, max_bad_share, total=len(cuts))
+    batches = sorted_batches(cuts, inference_plan(device, max_duration), stats, bad_audio)
     was_training = upstream.training
     upstream.eval().to(device)
     shard_of: dict[str, str] = {}
@@ -180,7 +183,10 @@ def extract_features(
 
     bar = tqdm(total=len(cuts), desc=f"features {upstream.name}", unit="utt", disable=not progress)
     with torch.inference_mode():
-        for batch in loader:
+        for batch in batches:
+            if not len(batch):  # every cut of it skipped as unusable audio
+                bar.update(len(batch.skipped))
+                continue
             batch = batch.to(device)
             hidden = upstream(batch.wavs, batch.lengths)
             if pooled:
@@ -201,10 +207,12 @@ def extract_features(
     bar.close()
     flush()
     upstream.train(was_training)
+    ids = [c.id for c in cuts if c.id in shard_of]  # manifest order (batches ran longest first), bad cuts left out
     meta = {
         "upstream": upstream.name, "identity": ident, "layers": layers, "pooled": pooled,
         "dim": upstream.hidden_sizes[layers[0]], "frame_rate": upstream.frame_rate,
-        "ids": ids, "shard_of": shard_of, "skipped": list(loader.bad_audio.skipped.values()),
+        "ids": ids, "shard_of": shard_of, "skipped": list(bad_audio.skipped.values()),
+        "padding_share": round(stats.share, 4),
     }
     write_atomic(directory / INDEX_FILE, json.dumps(meta))
     return CachedFeatures(directory)

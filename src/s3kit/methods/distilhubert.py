@@ -15,8 +15,9 @@ Prediction heads ``Linear(D, N*D) -> GELU -> SplitLinear(D -> D_teacher per head
 student layer to each target teacher layer (s3prl's ``expand-last`` heads, REFERENCE-NOTES.md §F).
 The loss per head is eq. (1), ``L1/D - λ log σ(cos)``, averaged over frames; heads are averaged
 (s3prl; the paper's Fig. 1 writes a sum, available as ``head_reduction="sum"``). The teacher runs
-in eval mode, fp32, no grad, on the unpadded utterances (:class:`~s3kit.upstream.hf.HFUpstream`
-runs group-norm CNNs per utterance), or its features come from the teacher-feature cache.
+in eval mode, fp32, no grad, on the padded batch (:class:`~s3kit.upstream.hf.HFUpstream` normalises a
+group-norm CNN over each utterance's own frames, so every item gets its unpadded result), or its
+features come from the teacher-feature cache.
 """
 
 from __future__ import annotations

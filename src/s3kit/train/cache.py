@@ -104,49 +104,18 @@ class TeacherCache:
         return out
 
 
-def _batches(cuts, max_duration: float, bad_audio=None):
-    """Every cut once, in length order, batched up to ``max_duration`` seconds; no lhotse
-    sampler, which would shard the cuts across ranks under torchrun."""
-    group, seconds = [], 0.0
-    for cut in sorted(cuts, key=lambda c: c.duration):
-        if group and seconds + cut.duration > max_duration:
-            yield _collate(group, bad_audio)
-            group, seconds = [], 0.0
-        group.append(cut)
-        seconds += cut.duration
-    if group:
-        yield _collate(group, bad_audio)
-
-
-def _collate(cuts, bad_audio=None):
-    """A batch of ``cuts``; under ``bad_audio`` (a :class:`~s3kit.data.badaudio.BadAudio`) with the
-    ``skip`` policy, without the unusable ones (the training loader skips the same cuts)."""
-    from s3kit.data.badaudio import try_load
-    from s3kit.data.loader import AudioBatch
-
-    wavs, kept, skipped = [], [], []
-    for c in cuts:
-        audio, bad = try_load(c, bad_audio.policy if bad_audio is not None else "error")
-        if bad is not None:
-            skipped.append(bad)
-            continue
-        wavs.append(torch.from_numpy(audio))
-        kept.append(c)
-    if bad_audio is not None:
-        bad_audio.record(skipped, tried=len(cuts))
-    lengths = torch.tensor([len(w) for w in wavs], dtype=torch.long)
-    padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True) if wavs else torch.zeros(0, 0)
-    return AudioBatch(padded, lengths, kept, [c.id for c in kept], skipped)
-
-
 @torch.no_grad()
 def build_cache(directory: str | Path, teacher, layers: list[int], cuts, key: str,
                 max_duration: float = 60.0, progress: bool = True, bad_audio=None) -> TeacherCache:
     """Run ``teacher`` (an upstream: :class:`~s3kit.upstream.hf.HFUpstream`,
     :class:`~s3kit.models.melhubert.MelHubertUpstream`; fp32, eval) over ``cuts`` and
-    write its ``layers`` (hidden-state indices) to ``directory`` atomically. ``bad_audio``
+    write its ``layers`` (hidden-state indices) to ``directory`` atomically. Batching follows
+    :func:`~s3kit.data.loader.inference_plan` for the teacher's device (one utterance at a time on
+    CPU, length-sorted batches of ``max_duration`` seconds on CUDA). ``bad_audio``
     (:class:`~s3kit.data.badaudio.BadAudio`): what to do with unusable cuts (default: stop)."""
     from tqdm.auto import tqdm
+
+    from s3kit.data.loader import inference_plan, sorted_batches
 
     directory = Path(directory)
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
@@ -160,7 +129,7 @@ def build_cache(directory: str | Path, teacher, layers: list[int], cuts, key: st
     dim = None
     bar = tqdm(total=len(cuts), desc="teacher cache", disable=not progress, dynamic_ncols=True)
     with open(tmp / FEATS, "wb") as f:
-        for batch in _batches(cuts, max_duration, bad_audio):
+        for batch in sorted_batches(cuts, inference_plan(device, max_duration), bad_audio=bad_audio):
             bar.update(len(batch.skipped))
             if not len(batch):
                 continue
@@ -200,8 +169,8 @@ def ensure_cache(root: str | Path, teacher, layers: list[int], cuts, progress: b
     key matches, else built; caches with other keys under ``root`` are removed (invalidated).
     With ``on_bad_audio="skip"`` unusable cuts are left out (:mod:`s3kit.data.badaudio`)."""
     root = Path(root)
-    # the wrapper's input options change the features too (waveform normalisation, CNN batching)
-    options = {k: getattr(teacher, k) for k in ("normalize", "per_utterance_cnn") if hasattr(teacher, k)}
+    # the wrapper's input options change the features too (waveform normalisation)
+    options = {k: getattr(teacher, k) for k in ("normalize",) if hasattr(teacher, k)}
     key = cache_key(teacher_model(teacher), layers, cuts, options)
     directory = root / f"teacher-{key}"
     if (directory / INDEX).exists():

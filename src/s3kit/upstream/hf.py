@@ -2,12 +2,14 @@
 
 Dimension legend: ``B`` batch, ``S`` samples, ``C`` CNN channels, ``T`` frames, ``D`` width.
 
-Padding. Base HuBERT / wav2vec 2.0 (``feat_extract_norm="group"``) normalise each CNN channel
-over the *whole* input, so zero padding changes every frame of a padded item; for those the
-CNN runs on each utterance's own samples and only its outputs are padded. Large models
-(``feat_extract_norm="layer"``) normalise per frame, so the CNN runs batched. The transformer
-always gets a frame-level attention mask. Either way a padded batch gives the states of
-one-by-one runs (tested to 1e-4).
+Padding. Base HuBERT / wav2vec 2.0 (``feat_extract_norm="group"``) follow the first conv layer
+with a GroupNorm over time, so in transformers zero padding changes every frame of a padded item.
+Here that norm takes its statistics over each utterance's valid frames only
+(:func:`masked_group_norm`); the later conv layers have no norm over time, and a valid output
+frame of a strided convolution only reads valid input frames, so the whole CNN runs batched and
+still gives every utterance its one-by-one features. Large models (``feat_extract_norm="layer"``)
+normalise per frame and need nothing special. The transformer always gets a frame-level attention
+mask. Either way a padded batch gives the states of one-by-one runs (tested to 1e-4).
 """
 
 from __future__ import annotations
@@ -57,6 +59,90 @@ class GradMultiply(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+def conv_out_lengths(lengths: Tensor, kernel: int, stride: int) -> Tensor:
+    """Output frames of an unpadded ``Conv1d(kernel, stride)`` over ``lengths`` inputs (at least 0)."""
+    return torch.div(lengths - kernel, stride, rounding_mode="floor").add(1).clamp_min(0)
+
+
+def masked_group_norm(x: Tensor, lengths: Tensor, norm: torch.nn.GroupNorm) -> Tensor:
+    """``norm(x)`` with each item's statistics taken over its first ``lengths[b]`` frames only.
+
+    ``x [B, C, T]``; frames past ``lengths[b]`` get the item's affine map too (their values are
+    defined but belong to no utterance). Item ``b`` equals ``norm(x[b:b+1, :, :lengths[b]])`` on
+    its valid frames. Statistics are computed in float32 (what GroupNorm does under autocast).
+    """
+    B, C, T = x.shape
+    G = norm.num_groups
+    n = lengths.clamp(1, T).tolist()
+    if all(v == T for v in n):
+        return norm(x)
+    if G == C:  # transformers' layout: one group per channel, no copy of the slice
+        stats = [torch.var_mean(x[b, :, : n[b]].float(), dim=1, unbiased=False) for b in range(B)]
+    else:
+        stats = [torch.var_mean(x[b, :, : n[b]].float().reshape(G, -1), dim=1, unbiased=False) for b in range(B)]
+    var = torch.stack([v for v, _ in stats]).repeat_interleave(C // G, dim=1)  # (B, C)
+    mean = torch.stack([m for _, m in stats]).repeat_interleave(C // G, dim=1)
+    return _normalize_with(x, mean, var, norm)
+
+
+def _normalize_with(x: Tensor, mean: Tensor, var: Tensor, norm: torch.nn.GroupNorm) -> Tensor:
+    """``norm``'s affine map with given per-item channel statistics ``mean, var [B, C]``, one pass."""
+    rstd = torch.rsqrt(var + norm.eps)
+    scale = rstd * norm.weight.float() if norm.affine else rstd
+    shift = (norm.bias.float() if norm.affine else 0.0) - mean * scale
+    return torch.addcmul(shift[:, :, None], x, scale[:, :, None])
+
+
+def conv_group_norm(conv: torch.nn.Conv1d, norm: torch.nn.GroupNorm, wavs: Tensor, lengths: Tensor) -> Tensor:
+    """``masked_group_norm(conv(wavs), valid frames, norm)``, with the statistics taken from the input.
+
+    The conv is linear, so over an item's valid frames the mean of output channel ``c`` is
+    ``w_c . mu`` (+ bias) and its variance ``w_c^T Sigma w_c``, where ``mu`` / ``Sigma`` are the
+    mean / covariance of the input patches (``C_in x kernel`` values: 10 for the waveform). Those
+    are cheap next to the 512-channel output, in float64, and differentiable in the weights; the
+    output is then normalised in one pass instead of GroupNorm's two. Exact (to float rounding);
+    tested against GroupNorm per item.
+    """
+    x = wavs[:, None] if wavs.dim() == 2 else wavs  # (B, C_in, S)
+    y = conv(x)  # (B, C, T)
+    B, C, T = y.shape
+    k, s = conv.kernel_size[0], conv.stride[0]
+    n = conv_out_lengths(lengths, k, s).clamp(1, T)
+    patches = x.detach().double().unfold(-1, k, s)[:, :, :T]  # (B, C_in, T, k)
+    patches = patches.permute(0, 2, 1, 3).reshape(B, T, -1)  # (B, T, K)
+    valid = (torch.arange(T, device=x.device)[None] < n[:, None]).double()[:, :, None]
+    cnt = n.double()[:, None]
+    mu = (patches * valid).sum(1) / cnt  # (B, K)
+    centred = (patches - mu[:, None]) * valid
+    sigma = centred.transpose(1, 2) @ centred / cnt[:, :, None]  # (B, K, K)
+    w = conv.weight.double().reshape(C, -1)  # (C, K)
+    mean = mu @ w.T  # (B, C)
+    if conv.bias is not None:
+        mean = mean + conv.bias.double()
+    var = torch.einsum("ck,bkl,cl->bc", w, sigma, w).clamp_min(0)  # E over valid frames of (y - mean)^2
+    G = norm.num_groups
+    if G != C:  # pool channel moments into group moments
+        gm = mean.view(B, G, -1)
+        gmean = gm.mean(-1)
+        gvar = (var.view(B, G, -1) + gm**2).mean(-1) - gmean**2
+        mean, var = gmean.repeat_interleave(C // G, 1), gvar.repeat_interleave(C // G, 1)
+    return _normalize_with(y, mean.float(), var.float(), norm)
+
+
+def feature_encoder(fe, wavs: Tensor, lengths: Tensor) -> Tensor:
+    """A transformers ``*FeatureEncoder`` over a zero-padded batch ``wavs [B, S]`` -> ``[B, C, T]``,
+    with the first layer's GroupNorm (group-norm CNNs) masked to each item's valid frames
+    (:func:`conv_group_norm`; a batch without padding runs transformers' own layers)."""
+    x = wavs[:, None]
+    for i, layer in enumerate(fe.conv_layers):
+        norm = getattr(layer, "layer_norm", None)
+        if i == 0 and isinstance(norm, torch.nn.GroupNorm) and bool((lengths != wavs.shape[-1]).any()):
+            x = layer.activation(conv_group_norm(layer.conv, norm, x, lengths))
+        else:
+            x = layer(x)
+    return x
+
+
 class HFUpstream(Upstream):
     """A transformers ``HubertModel`` / ``Wav2Vec2Model`` / ``WavLMModel`` behind the upstream protocol.
 
@@ -65,8 +151,6 @@ class HFUpstream(Upstream):
         normalize: zero-mean / unit-variance per utterance before the CNN (what
             ``Wav2Vec2FeatureExtractor(do_normalize=True)`` does); defaults to the model's
             ``feat_extract_norm == "layer"`` convention (Large models were trained normalised).
-        per_utterance_cnn: run the CNN on each utterance's own samples; default True for
-            group-norm CNNs (see module docstring).
         feature_grad_mult: scale of the gradient that reaches the CNN (fairseq / s3prl
             ``feature_grad_mult``): 1 trains it normally, 0 runs it without autograd (frozen,
             and its backward pass is skipped), values in between scale its gradient.
@@ -78,8 +162,8 @@ class HFUpstream(Upstream):
             explicitly to :meth:`forward` (``mask_time_indices``) are applied either way.
     """
 
-    def __init__(self, model, name: str = "hf", normalize: bool | None = None, per_utterance_cnn: bool | None = None,
-                 feature_grad_mult: float = 1.0, spec_augment: bool = False):
+    def __init__(self, model, name: str = "hf", normalize: bool | None = None, feature_grad_mult: float = 1.0,
+                 spec_augment: bool = False):
         super().__init__()
         self.spec_augment = bool(spec_augment)
         if feature_grad_mult < 0:
@@ -91,7 +175,6 @@ class HFUpstream(Upstream):
         self.model_type = cfg.model_type
         group_norm = getattr(cfg, "feat_extract_norm", "group") == "group"
         self.normalize = (not group_norm) if normalize is None else normalize
-        self.per_utterance_cnn = group_norm if per_utterance_cnn is None else per_utterance_cnn
         stride = 1
         for s in cfg.conv_stride:
             stride *= s
@@ -112,7 +195,7 @@ class HFUpstream(Upstream):
         return ((wavs - mean) / torch.sqrt(var + 1e-7)) * mask
 
     def cnn(self, wavs: Tensor, lengths: Tensor) -> Tensor:
-        """CNN features ``[B, T, C]`` (padded frames zero when run per utterance), with the
+        """CNN features ``[B, T, C]`` (frames past each item's length are undefined), with the
         gradient into the CNN scaled by ``feature_grad_mult``."""
         if self.feature_grad_mult == 0.0:
             with torch.no_grad():
@@ -123,11 +206,7 @@ class HFUpstream(Upstream):
         return feats
 
     def _cnn(self, wavs: Tensor, lengths: Tensor) -> Tensor:
-        fe = self.model.feature_extractor
-        if not self.per_utterance_cnn:
-            return fe(wavs).transpose(1, 2)
-        outs = [fe(wavs[i : i + 1, : int(n)]).transpose(1, 2)[0] for i, n in enumerate(lengths.tolist())]
-        return torch.nn.utils.rnn.pad_sequence(outs, batch_first=True)
+        return feature_encoder(self.model.feature_extractor, wavs, lengths).transpose(1, 2)
 
     def forward(
         self,
