@@ -20,6 +20,7 @@ import dataclasses
 import io
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from torch import nn
 from s3kit.methods import prune
 from s3kit.eval.efficiency import measure
 from s3kit.methods.prune import HeadPruneConfig, RowPruneConfig, WeightPruneConfig
+from s3kit.train.trainer import CKPT_DIR
 
 METHODS = ("head", "row", "weight", "distill")
 PAPER_TEACHER_LAYERS = 12  # the bias paper's students predict layers 4 and 12 of 12-layer models
@@ -186,7 +188,12 @@ def _probe(upstream, ev: Evaluation, cfg: StudyConfig) -> float | None:
 
 def evaluate(model: nn.Module, base: dict, ev: Evaluation, cfg: StudyConfig, **info) -> dict:
     """One study row: params (and removed), heads, FFN widths, sparsity, MACs / s, CPU latency,
-    probe score and SpEAT d per test of ``model`` (an upstream)."""
+    probe score and SpEAT d per test of ``model`` (an upstream).
+
+    ``sparsity`` is that of the stored weights: the share of the base model's prunable entries
+    that ``model`` no longer has (head / row pruning) or stores as exact zeros (weight pruning:
+    0.200 at the 0.2 level, the base's zero-initialised biases included). ``params_removed``
+    counts what the compression removed: parameters gone plus zeros the base did not have."""
     model.eval()
     enc = prune.encoder_of(model)
     device = next(model.parameters()).device
@@ -196,7 +203,7 @@ def evaluate(model: nn.Module, base: dict, ev: Evaluation, cfg: StudyConfig, **i
     params = eff.params
     removed = max(0, base.get("params", params) - params + zeros - base.get("zeros", zeros))
     row = {**info, "params": params, "params_removed": removed,
-           "sparsity": removed / max(1, base.get("prunable", prune.prunable_count(enc))),
+           "sparsity": (base.get("params", params) - params + zeros) / max(1, base.get("prunable", prune.prunable_count(enc))),
            "heads": sum(prune.heads_per_layer(enc)), "ffn": sum(prune.ffn_widths(enc)),
            "macs_per_second": eff.macs_per_second, "latency_ms": eff.latency_ms,
            "probe": _probe(model, ev, cfg), "speat": _embed_speat(model, ev, cfg)}
@@ -213,8 +220,10 @@ def _loader(cuts, cfg: StudyConfig, seed: int):
 
 
 def _finetune(subject: Subject, teacher, cuts, steps: int, lr: float, out: Path, cfg: StudyConfig,
-              masks=None, offset: int = 0, callbacks=()) -> Path | None:
-    """Fine-tune for ``steps`` updates with a fresh Adam (constant lr); returns the checkpoint."""
+              masks=None, offset: int = 0, callbacks=(), resume: bool = False) -> Path | None:
+    """Fine-tune for ``steps`` updates (constant lr); returns the checkpoint. A fresh Adam, unless
+    ``resume``: then ``steps`` is the total for ``out`` and training continues from its last
+    checkpoint there, optimiser state, data position and RNG included."""
     from s3kit.train.trainer import TrainConfig, train
 
     if steps <= 0:
@@ -223,8 +232,8 @@ def _finetune(subject: Subject, teacher, cuts, steps: int, lr: float, out: Path,
     tc = TrainConfig(out_dir=str(out), total_steps=steps, lr=lr, warmup=0, schedule="constant", betas=(0.9, 0.999),
                      eps=1e-8, clip=cfg.clip, log_every=max(1, min(50, steps)), val_every=10**9,
                      save_every=10**9, keep_last=1, seed=cfg.seed + offset, device=cfg.device, progress=cfg.progress)
-    res = train(method, _loader(cuts, cfg, cfg.seed + offset), tc, resume=False,
-                callbacks=[lambda s, logs: cb(offset + s, logs) for cb in callbacks])
+    res = train(method, _loader(cuts, cfg, cfg.seed + offset), tc, resume=resume,
+                callbacks=[lambda s, logs, cb=cb: cb(offset + s, logs) for cb in callbacks])
     return res.checkpoint
 
 
@@ -263,7 +272,27 @@ def _structured(method: str, subject: Subject, teacher, cuts, base, ev, cfg, out
     return rows
 
 
+def _until_plateau(subject: Subject, teacher, cuts, wc: WeightPruneConfig, trigger: prune.PlateauTrigger,
+                   masks: prune.WeightMasks, start: int, out: Path, cfg: StudyConfig) -> tuple[int, Path | None]:
+    """Fine-tune from step ``start`` until ``trigger`` allows the next prune; one optimiser for the
+    whole stretch (the plateau is checked every ``interval / 5`` steps once ``interval`` passed).
+    Returns the step reached and the checkpoint there."""
+    shutil.rmtree(out / CKPT_DIR, ignore_errors=True)  # a previous study's checkpoints would be resumed
+    record = [lambda s, logs: trigger.update(s, logs["loss"])]
+    chunk = max(1, wc.interval // 5)
+    step, done, ckpt = start, 0, None
+    while not trigger.ready(step):
+        done += max(wc.interval - (step - trigger.last_prune), chunk)
+        ckpt = _finetune(subject, teacher, cuts, done, wc.lr, out, cfg, masks, start, record, resume=done > 0)
+        step = start + done
+    return step, ckpt
+
+
 def _weight(subject: Subject, teacher, cuts, base, ev, cfg: StudyConfig, out: Path) -> list[dict]:
+    """Iterative global magnitude pruning. Like the reference, which saves its checkpoint after the
+    fine-tuning at a level and before the next prune, every level is scored after its
+    fine-tuning, the last one included; the first prune follows ``interval`` steps of fine-tuning
+    of the unpruned model (reference: first prune at 25k)."""
     wc = cfg.weight
     if cfg.steps_per_prune is not None:  # a demo: every interval at once, never wait more than one more interval
         n = max(1, cfg.steps_per_prune)
@@ -275,21 +304,15 @@ def _weight(subject: Subject, teacher, cuts, base, ev, cfg: StudyConfig, out: Pa
     enc = prune.encoder_of(subject.model)
     masks = prune.WeightMasks(enc)
     trigger = prune.PlateauTrigger(wc)
-    record = [lambda s, logs: trigger.update(s, logs["loss"])]
-    step, rows, chunk = 0, [], max(1, wc.interval // 5)
-    # the first prune follows `interval` steps of fine-tuning (reference: first prune at 25k)
+    step, _ = _until_plateau(subject, teacher, cuts, wc, trigger, masks, 0, out / "finetune-00", cfg)
+    rows = []
     for k, level in enumerate(levels):
-        seg = 0
-        while not trigger.ready(step):
-            n = max(wc.interval - (step - trigger.last_prune), chunk)
-            _finetune(subject, teacher, cuts, n, wc.lr, out / f"finetune-{k:02d}-{seg:02d}", cfg, masks, step, record)
-            step += n
-            seg += 1
         masks.prune_to(level)
         trigger.pruned(step)
-        ckpt = prune.save_pruned(out / f"prune-{k + 1:02d}", subject.upstream())
+        pruned_at = step
+        step, ckpt = _until_plateau(subject, teacher, cuts, wc, trigger, masks, step, out / f"finetune-{k + 1:02d}", cfg)
         rows.append(evaluate(subject.upstream(f"weight-{level:g}"), base, ev, cfg, method="weight", step=k + 1,
-                             train_step=step, target_sparsity=level, checkpoint=str(ckpt)))
+                             pruned_at=pruned_at, train_step=step, target_sparsity=level, checkpoint=str(ckpt)))
         _print_row(rows[-1])
     return rows
 
