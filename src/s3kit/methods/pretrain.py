@@ -430,6 +430,12 @@ class PretrainConfig:
             raise ValueError(f"max_frames={self.max_frames} must be >= mask_span={self.mask_span}")
 
 
+def gumbel_temperature(cfg: PretrainConfig, step: int) -> float:
+    """wav2vec 2.0 §4.2: ``max(start * decay^step, end)`` after ``step`` updates."""
+    start, end, decay = cfg.gumbel_temperature
+    return max(start * decay**step, end)
+
+
 def crop_batch(wavs: Tensor, lengths: Tensor, max_frames: int, generator: torch.Generator | None = None) -> tuple[Tensor, list[int]]:
     """Crop every item to the same number of 20 ms frames, ``min(shortest item, max_frames)``,
     at a random frame-aligned offset (fairseq's crop-to-shortest: no padding, so the group-norm
@@ -478,12 +484,17 @@ class MaskedPrediction(nn.Module):
 
 class Wav2Vec2Pretraining(nn.Module):
     """wav2vec 2.0 step through ``Wav2Vec2ForPreTraining``: our span mask, its negative sampler;
-    the summed loss is divided by the number of masked frames (fairseq normalises by sample size)."""
+    the summed loss is divided by the number of masked frames (fairseq normalises by sample size).
 
-    def __init__(self, model: nn.Module, cfg: PretrainConfig):
+    ``start_step``: updates the model already had (continued training of a pretrained model,
+    e.g. fine-tuning between prunes): the Gumbel temperature continues from there instead of
+    restarting at ``gumbel_temperature[0]``."""
+
+    def __init__(self, model: nn.Module, cfg: PretrainConfig, start_step: int = 0):
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.start_step = int(start_step)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.on_step_end(0)
 
@@ -511,8 +522,7 @@ class Wav2Vec2Pretraining(nn.Module):
         return self._loss(batch, torch.Generator().manual_seed(self.cfg.seed + len(batch.cuts)))
 
     def on_step_end(self, step: int) -> None:
-        start, end, decay = self.cfg.gumbel_temperature
-        self.model.set_gumbel_temperature(max(start * decay**step, end))
+        self.model.set_gumbel_temperature(gumbel_temperature(self.cfg, self.start_step + step))
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return _model_meta(self.model, self.cfg)
