@@ -2,13 +2,19 @@
 
 Dimension legend: ``B`` batch, ``S`` samples.
 
-Batches hold up to ``max_duration`` seconds of audio (lhotse's ``DynamicBucketingSampler``
-groups cuts of similar length), so memory stays flat whatever the length spread and little
-compute is spent on padding. Under ``torchrun`` the sampler shards cuts across ranks by itself.
+Batches hold up to ``max_duration`` seconds of audio, counted as lhotse and fairseq count it:
+utterances × the longest one (padding included), and optionally at most ``max_cuts``
+utterances. lhotse's ``DynamicBucketingSampler`` groups cuts of similar length, so memory stays
+flat whatever the length spread and little compute is spent on padding. Where the training
+step crops every utterance to at most ``length_cap`` seconds (``crop`` here, or a method's own
+crop), batches are sized by those cropped lengths, as fairseq sizes by
+``min(size, max_sample_size)``: sizing by the full lengths would give fewer, shorter-than-planned
+items per batch. Under ``torchrun`` the sampler shards cuts across ranks by itself.
 """
 
 from __future__ import annotations
 
+import itertools
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -88,11 +94,34 @@ class AudioDataset(torch.utils.data.Dataset):
         return AudioBatch(padded, lengths, kept, ids)
 
 
+def _capped_constraint(max_duration: float, max_cuts: int | None, length_cap: float):
+    """lhotse's ``TimeConstraint`` (utterances × longest <= ``max_duration``, at most ``max_cuts``)
+    with each cut counted as ``min(duration, length_cap)`` seconds."""
+    from lhotse.dataset.sampling.base import TimeConstraint
+
+    @dataclass
+    class CappedTimeConstraint(TimeConstraint):
+        length_cap: float = float("inf")
+
+        def add(self, example) -> None:
+            if self.max_duration is not None:
+                d = self.measure_length(example)
+                self.current += d
+                self.longest_seen = max(self.longest_seen, d)
+            self.num_cuts += 1
+
+        def measure_length(self, example) -> float:
+            return min(example.duration, self.length_cap)
+
+    return CappedTimeConstraint(max_duration=max_duration, max_cuts=max_cuts, length_cap=length_cap)
+
+
 class AudioLoader:
     """Iterable over :class:`AudioBatch`; each ``iter()`` is one epoch (the epoch counter advances)."""
 
     def __init__(self, cuts, max_duration: float, shuffle: bool, seed: int, max_cuts: int | None,
-                 crop: float | None, drop_last: bool, num_workers: int, num_buckets: int):
+                 crop: float | None, drop_last: bool, num_workers: int, num_buckets: int,
+                 length_cap: float | None = None):
         from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 
         self.cuts = cuts
@@ -103,13 +132,32 @@ class AudioLoader:
                 num_buckets = max(1, min(num_buckets, len(cuts) // 2))
             except TypeError:
                 pass
+            if length_cap is not None:
+                kw["constraint"] = _capped_constraint(max_duration, max_cuts, length_cap)
+                kw.pop("max_duration"), kw.pop("max_cuts")
             with warnings.catch_warnings():  # lhotse warns that eager CutSets save no memory: fine here
                 warnings.simplefilter("ignore", UserWarning)
                 self.sampler = DynamicBucketingSampler(cuts, num_buckets=num_buckets, **kw)
         else:  # evaluation: keep manifest order so outputs line up with the manifest
             self.sampler = SimpleCutSampler(cuts, **kw)
+            if length_cap is not None:
+                self.sampler.time_constraint = _capped_constraint(max_duration, max_cuts, length_cap)
         self.num_workers = num_workers
         self.epoch = 0
+
+    def batch_sizes(self, max_batches: int = 200) -> list[int]:
+        """Utterances per batch of the first ``max_batches`` batches of an epoch (no audio is
+        read): the effective batch size, for the logs."""
+        self.sampler.set_epoch(self.epoch)
+        return [len(b) for b in itertools.islice(iter(self.sampler), max_batches)]
+
+    def describe(self, max_batches: int = 200) -> str:
+        """``"12.0 utterances per batch (min 3, max 12) over the first 200 batches"``."""
+        sizes = self.batch_sizes(max_batches)
+        if not sizes:
+            return "no batches"
+        return (f"{sum(sizes) / len(sizes):.1f} utterances per batch (min {min(sizes)}, max {max(sizes)}) "
+                f"over the first {len(sizes)} batches")
 
     def __iter__(self):
         self.sampler.set_epoch(self.epoch)
@@ -135,14 +183,17 @@ def make_loader(
     drop_last: bool = False,
     num_workers: int = 0,
     num_buckets: int = 10,
+    length_cap: float | None = None,
 ) -> AudioLoader:
     """Duration-batched loader over ``cuts`` (a CutSet or a manifest path).
 
     Args:
-        max_duration: seconds of audio per batch (after cropping).
+        max_duration: seconds of audio per batch (utterances × the longest, after cropping).
         shuffle: bucket by length and shuffle (training); False keeps manifest order (evaluation).
         crop: cut utterances longer than this many seconds to a (seeded, random when shuffling) window.
         max_cuts: cap on utterances per batch.
+        length_cap: size batches as if every utterance were cropped to at most this many seconds
+            (default ``crop``): for a method that crops its batches itself.
     """
     from s3kit.data.manifest import load_cuts
 
@@ -153,13 +204,14 @@ def make_loader(
             raise ValueError(f"crop={crop} s is shorter than one analysis window")
         if crop > max_duration:
             raise ValueError(f"crop={crop} s is longer than max_duration={max_duration} s")
-        # The sampler sizes batches by the *uncropped* durations, so batches with crop are
-        # conservative (never over max_duration); the random window moves every epoch.
-    else:
-        longest = max((c.duration for c in cuts), default=0.0)
-        if longest > max_duration:
-            raise ValueError(
-                f"max_duration={max_duration} s is shorter than the longest utterance ({longest:.1f} s); "
-                f"raise max_duration or set crop"
-            )
-    return AudioLoader(cuts, max_duration, shuffle, seed, max_cuts, crop, drop_last, num_workers, num_buckets)
+        length_cap = crop if length_cap is None else min(length_cap, crop)
+    if length_cap is not None and length_cap <= 0:
+        raise ValueError(f"length_cap must be > 0 s, got {length_cap}")
+    longest = min(max((c.duration for c in cuts), default=0.0), length_cap or float("inf"))
+    if longest > max_duration:
+        raise ValueError(
+            f"max_duration={max_duration} s is shorter than the longest utterance ({longest:.1f} s); "
+            f"raise max_duration or set crop"
+        )
+    return AudioLoader(cuts, max_duration, shuffle, seed, max_cuts, crop, drop_last, num_workers, num_buckets,
+                       length_cap)
