@@ -122,3 +122,21 @@ def test_cli_schedule_from(tmp_path, capsys):
     assert args.schedule_from == str(tmp_path / "run")
     assert compress.run_study(args) == 2
     assert "no study.json" in capsys.readouterr().err
+
+
+def test_each_fine_tuning_stretch_starts_at_its_own_temperature(tmp_path, monkeypatch):
+    from s3kit.methods.pretrain import gumbel_temperature
+
+    cuts = tone_cuts(tmp_path / "audio", n=4)
+    subject = load_subject(ASSET_W2V2, cuts)
+    subject.pretrain_cfg = dataclasses.replace(subject.pretrain_cfg, gumbel_temperature=(2.0, 0.1, 0.99))
+    seen = []
+
+    def fake_train(method, loader, tc, resume=False, callbacks=()):  # records the state the first update sees
+        seen.append(method.inner.model.quantizer.temperature)
+        return type("R", (), {"checkpoint": None})()
+
+    monkeypatch.setattr("s3kit.train.trainer.train", fake_train)
+    cfg = StudyConfig(progress=False, device="cpu")
+    compression._finetune(subject, None, cuts, 5, 1e-5, tmp_path / "f", cfg, offset=40, resume=True, done=3)
+    assert seen == [pytest.approx(gumbel_temperature(subject.pretrain_cfg, 800 + 40 + 3))]

@@ -235,15 +235,16 @@ def _loader(cuts, cfg: StudyConfig, seed: int):
 
 
 def _finetune(subject: Subject, teacher, cuts, steps: int, lr: float, out: Path, cfg: StudyConfig,
-              masks=None, offset: int = 0, callbacks=(), resume: bool = False) -> Path | None:
+              masks=None, offset: int = 0, callbacks=(), resume: bool = False, done: int = 0) -> Path | None:
     """Fine-tune for ``steps`` updates (constant lr); returns the checkpoint. A fresh Adam, unless
     ``resume``: then ``steps`` is the total for ``out`` and training continues from its last
-    checkpoint there, optimiser state, data position and RNG included."""
+    checkpoint there (``done`` updates), optimiser state, data position and RNG included."""
     from s3kit.train.trainer import TrainConfig, train
 
     if steps <= 0:
         return None
     method = prune.PruneFinetune(subject.loss_method(teacher), masks, offset)
+    method.on_step_end(done)  # step-dependent state (wav2vec 2.0's Gumbel temperature) as of the first update
     tc = TrainConfig(out_dir=str(out), total_steps=steps, lr=lr, warmup=0, schedule="constant", betas=(0.9, 0.999),
                      eps=1e-8, clip=cfg.clip, log_every=max(1, min(50, steps)), val_every=10**9,
                      save_every=10**9, keep_last=1, seed=cfg.seed + offset, device=cfg.device, progress=cfg.progress)
@@ -297,9 +298,9 @@ def _until_plateau(subject: Subject, teacher, cuts, wc: WeightPruneConfig, trigg
     chunk = max(1, wc.interval // 5)
     step, done, ckpt = start, 0, None
     while not trigger.ready(step):
-        done += max(wc.interval - (step - trigger.last_prune), chunk)
-        ckpt = _finetune(subject, teacher, cuts, done, wc.lr, out, cfg, masks, start, record, resume=done > 0)
-        step = start + done
+        total = done + max(wc.interval - (step - trigger.last_prune), chunk)
+        ckpt = _finetune(subject, teacher, cuts, total, wc.lr, out, cfg, masks, start, record, resume=True, done=done)
+        done, step = total, start + total
     return step, ckpt
 
 
