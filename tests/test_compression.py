@@ -21,9 +21,9 @@ from s3kit.train.trainer import STATE_KEY
 def test_weight_levels_scored_after_their_fine_tuning_with_one_optimiser(tmp_path, monkeypatch):
     model = tiny_hf_dir(tmp_path / "m", heads=4, ffn=64)
     cuts = tone_cuts(tmp_path / "audio", n=6, seconds=(0.3, 0.6))
-    # tolerance 0: never a plateau, so each level waits interval (5) + max_wait (3) = 8 updates,
-    # checked in chunks of interval / 5 = 1 update after the first 5
-    wc = prune.WeightPruneConfig(interval=5, window=2, tolerance=0.0, max_wait=3)
+    # tolerance 0: never a plateau, so each level waits interval (3) + max_wait (2) = 5 updates,
+    # checked in chunks of max(1, interval / 5) = 1 update after the first 3
+    wc = prune.WeightPruneConfig(interval=3, window=2, tolerance=0.0, max_wait=2)
     cfg = StudyConfig(methods=("weight",), weight=wc, max_prunes=2, latency_seconds=0.2, latency_repeats=1,
                       progress=False, device="cpu")
     at_prune = []  # the prunable weights right after each prune
@@ -44,14 +44,14 @@ def test_weight_levels_scored_after_their_fine_tuning_with_one_optimiser(tmp_pat
         # sparsity as stored: the 0.2 level is 0.200 of the prunable entries (zero-initialised biases included)
         assert abs(row["sparsity"] - row["target_sparsity"]) < 1e-3
         assert row["sparsity"] == prune.zero_fraction(stored)
-        # one Adam through the level's plateau checks: its step count is the level's 8 updates
+        # one Adam through the level's plateau checks: its step count is the level's 5 updates
         _, meta = checkpoint.load(row["checkpoint"])
         adam_steps = {v for k, v in meta[STATE_KEY]["optimizer"]["scalars"].items() if k.endswith(".step")}
         tensors = checkpoint.load_tensors(row["checkpoint"], "optimizer")
         adam_steps |= {float(v) for k, v in tensors.items() if k.endswith(".step")}
-        assert adam_steps == {8.0}
-    # every level, the last included, is fine-tuned (8 updates) after its prune and before it is scored
-    assert [(r["pruned_at"], r["train_step"]) for r in rows] == [(8, 16), (16, 24)]
+        assert adam_steps == {5.0}
+    # every level, the last included, is fine-tuned (5 updates) after its prune and before it is scored
+    assert [(r["pruned_at"], r["train_step"]) for r in rows] == [(5, 10), (10, 15)]
 
 
 ASSET_W2V2 = Path(s3kit.__file__).resolve().parent / "assets" / "demo_w2v2_teacher"
