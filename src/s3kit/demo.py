@@ -138,7 +138,7 @@ def _teacher_pretrain_config(cfg: DemoConfig):
     # batches of 16 x 1.5 s. Dropout off: a 2 M-parameter model trained for minutes does not
     # overfit, and CPU dropout costs a third of the step.
     return PretrainConfig(kind="melhubert", arch="tiny", mask_prob=0.08, mask_span=5, max_frames=75,
-                          num_clusters=100, max_duration=24.0, seed=cfg.seed,
+                          num_clusters=100, batch_size=16, max_duration=24.0, seed=cfg.seed,
                           model={"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0})
 
 

@@ -38,6 +38,11 @@ def register(sub) -> None:
     s.add_argument("--probe", default=None, help="probe task (ks, ic, sid, er, pr, asr) scored after every step")
     s.add_argument("--probe-subset", default=None, help="manifest prefix of the probe task (pr: sentences, ks: keywords)")
     s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--schedule-from", default=None, metavar="RUN",
+                   help="weight pruning: replay the prune steps and sparsities recorded by an earlier study, RUN being "
+                   "its --out directory (bias paper §3.3 records MelHuBERT's schedule and replays it for wav2vec 2.0, "
+                   "whose contrastive loss shows no plateau). Required by default for a wav2vec 2.0 pretraining "
+                   "checkpoint; weight_trigger=plateau uses the loss plateau instead")
     s.add_argument("--recipe", default=None, help="recipe YAML with StudyConfig fields")
     add_train_bad_audio(s, key="on_bad_audio")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="StudyConfig fields")
@@ -63,8 +68,9 @@ def run_study(args) -> int:
     from s3kit.eval.compression import StudyConfig, study
 
     try:
+        extra = [f"schedule_from={args.schedule_from}"] if getattr(args, "schedule_from", None) else []
         cfg = build(StudyConfig, args.recipe, [*args.overrides, *train_bad_audio_overrides(args),
-                                               f"methods=[{args.methods}]"])
+                                               f"methods=[{args.methods}]", *extra])
         manifest = args.manifest or _manifest(args.data, "sentences_train.jsonl.gz")
         if manifest is None:
             raise ValueError("give --manifest (fine-tuning CutSet) or --data with manifests/sentences_train.jsonl.gz")

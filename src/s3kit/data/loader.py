@@ -2,9 +2,14 @@
 
 Dimension legend: ``B`` batch, ``S`` samples.
 
-Batches hold up to ``max_duration`` seconds of audio (lhotse's ``DynamicBucketingSampler``
-groups cuts of similar length), so memory stays flat whatever the length spread and little
-compute is spent on padding. Under ``torchrun`` the sampler shards cuts across ranks by itself.
+Batches hold up to ``max_duration`` seconds of audio, counted as lhotse and fairseq count it:
+utterances × the longest one (padding included), and optionally at most ``max_cuts``
+utterances. lhotse's ``DynamicBucketingSampler`` groups cuts of similar length, so memory stays
+flat whatever the length spread and little compute is spent on padding. Where the training
+step crops every utterance to at most ``length_cap`` seconds (``crop`` here, or a method's own
+crop), batches are sized by those cropped lengths, as fairseq sizes by
+``min(size, max_sample_size)``: sizing by the full lengths would give fewer, shorter-than-planned
+items per batch. Under ``torchrun`` the sampler shards cuts across ranks by itself.
 
 A cut whose audio is unusable stops the loader (``on_bad_audio="error"``) or is dropped from its
 batch (``"skip"``, :mod:`s3kit.data.badaudio`); a batch whose every cut is bad is not yielded.
@@ -13,6 +18,7 @@ batch (``"skip"``, :mod:`s3kit.data.badaudio`); a batch whose every cut is bad i
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -123,6 +129,28 @@ class AudioDataset(torch.utils.data.Dataset):
         return AudioBatch(padded, lengths, kept, ids, skipped)
 
 
+def _capped_constraint(max_duration: float, max_cuts: int | None, length_cap: float):
+    """lhotse's ``TimeConstraint`` (utterances × longest <= ``max_duration``, at most ``max_cuts``)
+    with each cut counted as ``min(duration, length_cap)`` seconds."""
+    from lhotse.dataset.sampling.base import TimeConstraint
+
+    @dataclass
+    class CappedTimeConstraint(TimeConstraint):
+        length_cap: float = float("inf")
+
+        def add(self, example) -> None:
+            if self.max_duration is not None:
+                d = self.measure_length(example)
+                self.current += d
+                self.longest_seen = max(self.longest_seen, d)
+            self.num_cuts += 1
+
+        def measure_length(self, example) -> float:
+            return min(example.duration, self.length_cap)
+
+    return CappedTimeConstraint(max_duration=max_duration, max_cuts=max_cuts, length_cap=length_cap)
+
+
 class AudioLoader:
     """Iterable over :class:`AudioBatch`; each ``iter()`` is one epoch (the epoch counter advances).
 
@@ -133,7 +161,8 @@ class AudioLoader:
 
     def __init__(self, cuts, max_duration: float, shuffle: bool, seed: int, max_cuts: int | None,
                  crop: float | None, drop_last: bool, num_workers: int, num_buckets: int,
-                 on_bad_audio: str | None = None, max_bad_share: float = MAX_BAD_SHARE):
+                 length_cap: float | None = None, on_bad_audio: str | None = None,
+                 max_bad_share: float = MAX_BAD_SHARE):
         from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 
         self.cuts = cuts
@@ -151,11 +180,16 @@ class AudioLoader:
                 num_buckets = max(1, min(num_buckets, len(cuts) // 2))
             except TypeError:
                 pass
+            if length_cap is not None:
+                kw["constraint"] = _capped_constraint(max_duration, max_cuts, length_cap)
+                kw.pop("max_duration"), kw.pop("max_cuts")
             with warnings.catch_warnings():  # lhotse warns that eager CutSets save no memory: fine here
                 warnings.simplefilter("ignore", UserWarning)
                 self.sampler = DynamicBucketingSampler(cuts, num_buckets=num_buckets, **kw)
         else:  # evaluation: keep manifest order so outputs line up with the manifest
             self.sampler = SimpleCutSampler(cuts, **kw)
+            if length_cap is not None:
+                self.sampler.time_constraint = _capped_constraint(max_duration, max_cuts, length_cap)
         self.num_workers = num_workers
         self.epoch = 0
 
@@ -164,6 +198,20 @@ class AudioLoader:
         self.dataset.on_bad_audio = check_policy(policy)
         self.bad_audio.policy = policy
         self.bad_audio.max_share = max_share
+
+    def batch_sizes(self, max_batches: int = 200) -> list[int]:
+        """Utterances per batch of the first ``max_batches`` batches of an epoch (no audio is
+        read): the effective batch size, for the logs."""
+        self.sampler.set_epoch(self.epoch)
+        return [len(b) for b in itertools.islice(iter(self.sampler), max_batches)]
+
+    def describe(self, max_batches: int = 200) -> str:
+        """``"12.0 utterances per batch (min 3, max 12) over the first 200 batches"``."""
+        sizes = self.batch_sizes(max_batches)
+        if not sizes:
+            return "no batches"
+        return (f"{sum(sizes) / len(sizes):.1f} utterances per batch (min {min(sizes)}, max {max(sizes)}) "
+                f"over the first {len(sizes)} batches")
 
     def __iter__(self):
         self.sampler.set_epoch(self.epoch)
@@ -197,11 +245,12 @@ def make_loader(
     on_bad_audio: str | None = None,
     max_bad_share: float = MAX_BAD_SHARE,
     skipped_log: str | Path | None = None,
+    length_cap: float | None = None,
 ) -> AudioLoader:
     """Duration-batched loader over ``cuts`` (a CutSet or a manifest path).
 
     Args:
-        max_duration: seconds of audio per batch (after cropping).
+        max_duration: seconds of audio per batch (utterances × the longest, after cropping).
         shuffle: bucket by length and shuffle (training); False keeps manifest order (evaluation).
         crop: cut utterances longer than this many seconds to a (seeded, random when shuffling) window.
         max_cuts: cap on utterances per batch.
@@ -211,6 +260,8 @@ def make_loader(
         max_bad_share: with ``"skip"``, stop once more than this share of the cuts was skipped.
         skipped_log: list skipped cuts in this JSON-lines file (the trainer sets
             ``out_dir/skipped_audio.jsonl`` itself).
+        length_cap: size batches as if every utterance were cropped to at most this many seconds
+            (default ``crop``): for a method that crops its batches itself.
     """
     from s3kit.data.manifest import load_cuts
 
@@ -221,17 +272,17 @@ def make_loader(
             raise ValueError(f"crop={crop} s is shorter than one analysis window")
         if crop > max_duration:
             raise ValueError(f"crop={crop} s is longer than max_duration={max_duration} s")
-        # The sampler sizes batches by the *uncropped* durations, so batches with crop are
-        # conservative (never over max_duration); the random window moves every epoch.
-    else:
-        longest = max((c.duration for c in cuts), default=0.0)
-        if longest > max_duration:
-            raise ValueError(
-                f"max_duration={max_duration} s is shorter than the longest utterance ({longest:.1f} s); "
-                f"raise max_duration or set crop"
-            )
+        length_cap = crop if length_cap is None else min(length_cap, crop)
+    if length_cap is not None and length_cap <= 0:
+        raise ValueError(f"length_cap must be > 0 s, got {length_cap}")
+    longest = min(max((c.duration for c in cuts), default=0.0), length_cap or float("inf"))
+    if longest > max_duration:
+        raise ValueError(
+            f"max_duration={max_duration} s is shorter than the longest utterance ({longest:.1f} s); "
+            f"raise max_duration or set crop"
+        )
     loader = AudioLoader(cuts, max_duration, shuffle, seed, max_cuts, crop, drop_last, num_workers, num_buckets,
-                         on_bad_audio, max_bad_share)
+                         length_cap, on_bad_audio, max_bad_share)
     if skipped_log is not None:
         loader.bad_audio.log_to(skipped_log)
     return loader

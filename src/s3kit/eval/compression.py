@@ -20,6 +20,7 @@ import dataclasses
 import io
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from torch import nn
 from s3kit.methods import prune
 from s3kit.eval.efficiency import measure
 from s3kit.methods.prune import HeadPruneConfig, RowPruneConfig, WeightPruneConfig
+from s3kit.train.trainer import CKPT_DIR
 
 METHODS = ("head", "row", "weight", "distill")
 PAPER_TEACHER_LAYERS = 12  # the bias paper's students predict layers 4 and 12 of 12-layer models
@@ -46,6 +48,11 @@ class StudyConfig:
     weight: WeightPruneConfig = field(default_factory=WeightPruneConfig)
     steps_per_prune: int | None = None
     max_prunes: int | None = None
+    # weight pruning: "plateau" (the loss-plateau trigger), "replay" (the prune steps and levels of
+    # the study in `schedule_from`), "auto" (replay when `schedule_from` is set or the model
+    # fine-tunes with wav2vec 2.0's contrastive loss, §3.3; else plateau)
+    weight_trigger: Literal["auto", "plateau", "replay"] = "auto"
+    schedule_from: str | None = None  # an earlier study's --out directory (or its study.json)
     loss: Literal["auto", "pretrain", "distill"] = "auto"
     batch_size: int = 4  # bias paper §3.3: batch 4 (MelHuBERT), 12 (wav2vec 2.0)
     max_duration: float = 60.0
@@ -73,6 +80,10 @@ class StudyConfig:
             raise ValueError(f"unknown compression methods {bad}; choose from {', '.join(METHODS)}")
         if self.steps_per_prune is not None and self.steps_per_prune < 0:
             raise ValueError(f"steps_per_prune must be >= 0, got {self.steps_per_prune}")
+        if self.weight_trigger not in ("auto", "plateau", "replay"):
+            raise ValueError(f"weight_trigger must be auto, plateau or replay, got {self.weight_trigger!r}")
+        if self.weight_trigger == "plateau" and self.schedule_from:
+            raise ValueError("weight_trigger=plateau ignores schedule_from: drop one of them")
 
 
 @dataclass
@@ -98,6 +109,12 @@ class Subject:
     pretrain_cfg: Any = None
     units: Any = None
     normalize: bool | None = None
+    pretrain_step: int = 0  # updates of the pretraining run (wav2vec 2.0's Gumbel temperature continues)
+
+    @property
+    def contrastive(self) -> bool:
+        """Fine-tuned with wav2vec 2.0's contrastive loss, which shows no plateau (bias paper §3.3)."""
+        return self.kind == "pretrain" and self.pretrain_cfg.kind == "wav2vec2"
 
     def upstream(self, name: str = "pruned"):
         return prune.as_upstream(self.model, name=name, normalize=self.normalize)
@@ -107,7 +124,7 @@ class Subject:
 
         if self.kind == "pretrain":
             if self.pretrain_cfg.kind == "wav2vec2":
-                return pt.Wav2Vec2Pretraining(self.model, self.pretrain_cfg)
+                return pt.Wav2Vec2Pretraining(self.model, self.pretrain_cfg, start_step=self.pretrain_step)
             return pt.MaskedPrediction(self.model, self.units, self.pretrain_cfg)
         return prune.DistillFromOriginal(self.upstream("student"), teacher)
 
@@ -140,7 +157,7 @@ def load_subject(model: str | Path, cuts, loss: str = "auto") -> Subject:
         pcfg = dataclasses.replace(pcfg, kind=meta["model_kind"])
         units = None if pcfg.kind == "wav2vec2" else _units_for(path, cuts)
         if pcfg.kind == "wav2vec2" or units is not None:
-            return Subject(net, "pretrain", pcfg, units)
+            return Subject(net, "pretrain", pcfg, units, pretrain_step=int((meta.get("trainer_state") or {}).get("step", 0)))
         if loss == "pretrain":
             raise ValueError(f"{path}: no k-means units covering the fine-tuning manifest (looked in "
                              f"{path.parent.parent / 'targets'}); use loss=distill or the pretraining manifest")
@@ -188,7 +205,12 @@ def _probe(upstream, ev: Evaluation, cfg: StudyConfig) -> float | None:
 
 def evaluate(model: nn.Module, base: dict, ev: Evaluation, cfg: StudyConfig, **info) -> dict:
     """One study row: params (and removed), heads, FFN widths, sparsity, MACs / s, CPU latency,
-    probe score and SpEAT d per test of ``model`` (an upstream)."""
+    probe score and SpEAT d per test of ``model`` (an upstream).
+
+    ``sparsity`` is that of the stored weights: the share of the base model's prunable entries
+    that ``model`` no longer has (head / row pruning) or stores as exact zeros (weight pruning:
+    0.200 at the 0.2 level, the base's zero-initialised biases included). ``params_removed``
+    counts what the compression removed: parameters gone plus zeros the base did not have."""
     model.eval()
     enc = prune.encoder_of(model)
     device = next(model.parameters()).device
@@ -198,7 +220,7 @@ def evaluate(model: nn.Module, base: dict, ev: Evaluation, cfg: StudyConfig, **i
     params = eff.params
     removed = max(0, base.get("params", params) - params + zeros - base.get("zeros", zeros))
     row = {**info, "params": params, "params_removed": removed,
-           "sparsity": removed / max(1, base.get("prunable", prune.prunable_count(enc))),
+           "sparsity": (base.get("params", params) - params + zeros) / max(1, base.get("prunable", prune.prunable_count(enc))),
            "heads": sum(prune.heads_per_layer(enc)), "ffn": sum(prune.ffn_widths(enc)),
            "macs_per_second": eff.macs_per_second, "latency_ms": eff.latency_ms,
            "probe": _probe(model, ev, cfg), "speat": _embed_speat(model, ev, cfg)}
@@ -215,19 +237,22 @@ def _loader(cuts, cfg: StudyConfig, seed: int):
 
 
 def _finetune(subject: Subject, teacher, cuts, steps: int, lr: float, out: Path, cfg: StudyConfig,
-              masks=None, offset: int = 0, callbacks=()) -> Path | None:
-    """Fine-tune for ``steps`` updates with a fresh Adam (constant lr); returns the checkpoint."""
+              masks=None, offset: int = 0, callbacks=(), resume: bool = False, done: int = 0) -> Path | None:
+    """Fine-tune for ``steps`` updates (constant lr); returns the checkpoint. A fresh Adam, unless
+    ``resume``: then ``steps`` is the total for ``out`` and training continues from its last
+    checkpoint there (``done`` updates), optimiser state, data position and RNG included."""
     from s3kit.train.trainer import TrainConfig, train
 
     if steps <= 0:
         return None
     method = prune.PruneFinetune(subject.loss_method(teacher), masks, offset)
+    method.on_step_end(done)  # step-dependent state (wav2vec 2.0's Gumbel temperature) as of the first update
     tc = TrainConfig(out_dir=str(out), total_steps=steps, lr=lr, warmup=0, schedule="constant", betas=(0.9, 0.999),
                      eps=1e-8, clip=cfg.clip, log_every=max(1, min(50, steps)), val_every=10**9,
                      save_every=10**9, keep_last=1, seed=cfg.seed + offset, device=cfg.device, progress=cfg.progress,
                      on_bad_audio=cfg.on_bad_audio, max_bad_share=cfg.max_bad_share)
-    res = train(method, _loader(cuts, cfg, cfg.seed + offset), tc, resume=False,
-                callbacks=[lambda s, logs: cb(offset + s, logs) for cb in callbacks])
+    res = train(method, _loader(cuts, cfg, cfg.seed + offset), tc, resume=resume,
+                callbacks=[lambda s, logs, cb=cb: cb(offset + s, logs) for cb in callbacks])
     return res.checkpoint
 
 
@@ -266,7 +291,108 @@ def _structured(method: str, subject: Subject, teacher, cuts, base, ev, cfg, out
     return rows
 
 
-def _weight(subject: Subject, teacher, cuts, base, ev, cfg: StudyConfig, out: Path) -> list[dict]:
+def _until_plateau(subject: Subject, teacher, cuts, wc: WeightPruneConfig, trigger: prune.PlateauTrigger,
+                   masks: prune.WeightMasks, start: int, out: Path, cfg: StudyConfig) -> tuple[int, Path | None]:
+    """Fine-tune from step ``start`` until ``trigger`` allows the next prune; one optimiser for the
+    whole stretch (the plateau is checked every ``interval / 5`` steps once ``interval`` passed).
+    Returns the step reached and the checkpoint there."""
+    shutil.rmtree(out / CKPT_DIR, ignore_errors=True)  # a previous study's checkpoints would be resumed
+    record = [lambda s, logs: trigger.update(s, logs["loss"])]
+    chunk = max(1, wc.interval // 5)
+    step, done, ckpt = start, 0, None
+    while not trigger.ready(step):
+        total = done + max(wc.interval - (step - trigger.last_prune), chunk)
+        ckpt = _finetune(subject, teacher, cuts, total, wc.lr, out, cfg, masks, start, record, resume=True, done=done)
+        done, step = total, start + total
+    return step, ckpt
+
+
+@dataclass(frozen=True)
+class WeightSchedule:
+    """A recorded weight-pruning schedule: ``prunes`` = ``((update, sparsity), ...)`` and ``end``,
+    the update at which the last level was scored; ``source`` is the study.json it came from."""
+
+    prunes: tuple[tuple[int, float], ...]
+    end: int
+    source: str = ""
+
+
+SCHEDULE_HELP = ("the --out directory (or study.json) of an earlier `s3kit compress study --methods weight` "
+                 "run, normally on MelHuBERT, whose loss-plateau trigger recorded when each level was applied")
+
+
+def recorded_schedule(run: str | Path) -> WeightSchedule:
+    """The weight-pruning schedule recorded by an earlier study in ``run`` (its ``--out`` directory
+    or its ``study.json``): the update of every prune, its sparsity and the final update."""
+    path = Path(run)
+    path = path / "study.json" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{run}: no study.json to replay; schedule_from / --schedule-from takes {SCHEDULE_HELP}")
+    rows = [r for r in json.loads(path.read_text()).get("rows", []) if r.get("method") == "weight"]
+    if not rows:
+        raise ValueError(f"{path}: the study has no weight-pruning rows to replay; --schedule-from takes {SCHEDULE_HELP}")
+    if any("pruned_at" not in r for r in rows):
+        raise ValueError(f"{path}: written before studies recorded each prune's update (pruned_at); "
+                         f"re-run that study to record a schedule")
+    rows.sort(key=lambda r: r["pruned_at"])
+    prunes = tuple((int(r["pruned_at"]), float(r["target_sparsity"])) for r in rows)
+    steps, levels = [p for p, _ in prunes], [lv for _, lv in prunes]
+    end = int(rows[-1]["train_step"])
+    if steps[0] < 0 or any(b <= a for a, b in zip(steps, steps[1:])) or any(b <= a for a, b in zip(levels, levels[1:])) \
+            or end < steps[-1]:
+        raise ValueError(f"{path}: weight-pruning rows are not one increasing schedule (updates {steps}, "
+                         f"sparsities {levels}, end {end})")
+    return WeightSchedule(prunes, end, str(path))
+
+
+def weight_schedule(cfg: StudyConfig, subject: Subject) -> WeightSchedule | None:
+    """The recorded schedule weight pruning replays, or None for the loss-plateau trigger."""
+    if "weight" not in cfg.methods or cfg.weight_trigger == "plateau":
+        return None
+    if cfg.schedule_from:
+        return recorded_schedule(cfg.schedule_from)
+    if cfg.weight_trigger == "replay" or subject.contrastive:
+        why = ("weight pruning of a wav2vec 2.0 model replays a recorded MelHuBERT schedule by default, as the "
+               "bias paper does (§3.3: its contrastive loss gives no convergence signal)" if subject.contrastive
+               else "weight_trigger=replay needs a recorded schedule")
+        raise ValueError(f"{why}: pass --schedule-from RUN (schedule_from=RUN), {SCHEDULE_HELP}; "
+                         f"or weight_trigger=plateau to use the loss plateau anyway")
+    return None
+
+
+def _weight_replay(subject: Subject, teacher, cuts, base, ev, cfg: StudyConfig, out: Path,
+                   schedule: WeightSchedule) -> list[dict]:
+    """Weight pruning at the recorded updates and sparsities; each level is fine-tuned (one
+    optimiser) until the recorded next prune, or the recorded end after the last, then scored."""
+    prunes = list(schedule.prunes)
+    stops = [at for at, _ in prunes[1:]] + [schedule.end]
+    if cfg.max_prunes is not None:
+        prunes, stops = prunes[: cfg.max_prunes], stops[: cfg.max_prunes]
+    masks = prune.WeightMasks(prune.encoder_of(subject.model))
+    lr = cfg.weight.lr
+    _finetune(subject, teacher, cuts, prunes[0][0], lr, out / "finetune-00", cfg, masks)
+    rows = []
+    for k, ((at, level), stop) in enumerate(zip(prunes, stops)):
+        masks.prune_to(level)
+        ckpt = _finetune(subject, teacher, cuts, stop - at, lr, out / f"finetune-{k + 1:02d}", cfg, masks, at)
+        if ckpt is None:  # the recording scored this level right at its prune
+            ckpt = prune.save_pruned(out / f"prune-{k + 1:02d}", subject.upstream())
+        rows.append(evaluate(subject.upstream(f"weight-{level:g}"), base, ev, cfg, method="weight", step=k + 1,
+                             pruned_at=at, train_step=stop, target_sparsity=level, checkpoint=str(ckpt),
+                             schedule_from=schedule.source))
+        _print_row(rows[-1])
+    return rows
+
+
+def _weight(subject: Subject, teacher, cuts, base, ev, cfg: StudyConfig, out: Path,
+            schedule: WeightSchedule | None = None) -> list[dict]:
+    """Iterative global magnitude pruning. Like the reference, which saves its checkpoint after the
+    fine-tuning at a level and before the next prune, every level is scored after its
+    fine-tuning, the last one included; the first prune follows ``interval`` steps of fine-tuning
+    of the unpruned model (reference: first prune at 25k). With a recorded ``schedule`` the
+    prunes happen at its updates instead (:func:`_weight_replay`)."""
+    if schedule is not None:
+        return _weight_replay(subject, teacher, cuts, base, ev, cfg, out, schedule)
     wc = cfg.weight
     if cfg.steps_per_prune is not None:  # a demo: every interval at once, never wait more than one more interval
         n = max(1, cfg.steps_per_prune)
@@ -278,21 +404,15 @@ def _weight(subject: Subject, teacher, cuts, base, ev, cfg: StudyConfig, out: Pa
     enc = prune.encoder_of(subject.model)
     masks = prune.WeightMasks(enc)
     trigger = prune.PlateauTrigger(wc)
-    record = [lambda s, logs: trigger.update(s, logs["loss"])]
-    step, rows, chunk = 0, [], max(1, wc.interval // 5)
-    # the first prune follows `interval` steps of fine-tuning (reference: first prune at 25k)
+    step, _ = _until_plateau(subject, teacher, cuts, wc, trigger, masks, 0, out / "finetune-00", cfg)
+    rows = []
     for k, level in enumerate(levels):
-        seg = 0
-        while not trigger.ready(step):
-            n = max(wc.interval - (step - trigger.last_prune), chunk)
-            _finetune(subject, teacher, cuts, n, wc.lr, out / f"finetune-{k:02d}-{seg:02d}", cfg, masks, step, record)
-            step += n
-            seg += 1
         masks.prune_to(level)
         trigger.pruned(step)
-        ckpt = prune.save_pruned(out / f"prune-{k + 1:02d}", subject.upstream())
+        pruned_at = step
+        step, ckpt = _until_plateau(subject, teacher, cuts, wc, trigger, masks, step, out / f"finetune-{k + 1:02d}", cfg)
         rows.append(evaluate(subject.upstream(f"weight-{level:g}"), base, ev, cfg, method="weight", step=k + 1,
-                             train_step=step, target_sparsity=level, checkpoint=str(ckpt)))
+                             pruned_at=pruned_at, train_step=step, target_sparsity=level, checkpoint=str(ckpt)))
         _print_row(rows[-1])
     return rows
 
@@ -366,6 +486,7 @@ def study(model: str | Path, manifest, out: str | Path, cfg: StudyConfig = Study
     if probe_task and not probe_data:
         raise ValueError(f"probe {probe_task!r} needs train / dev / test manifests")
     original = load_subject(model, cuts, cfg.loss)
+    schedule = weight_schedule(cfg, original)  # fails here, before any work, if one is needed and missing
     base_up = original.upstream("base")
     enc = prune.encoder_of(base_up)
     base = {"params": sum(p.numel() for p in base_up.parameters()), "prunable": prune.prunable_count(enc),
@@ -374,6 +495,8 @@ def study(model: str | Path, manifest, out: str | Path, cfg: StudyConfig = Study
     _print_row(base_row)
     report = {"model": str(model), "manifest": str(manifest), "loss": original.kind,
               "config": _cfg_dict(cfg), "base": base_row, "rows": [], "notes": []}
+    if "weight" in cfg.methods:
+        report["weight_schedule"] = schedule.source if schedule is not None else "plateau"
     teacher = load_subject(model, cuts, "distill").upstream("teacher").eval().requires_grad_(False)
     for method in cfg.methods:
         mdir = out / method
@@ -385,7 +508,7 @@ def study(model: str | Path, manifest, out: str | Path, cfg: StudyConfig = Study
         else:
             subject = load_subject(model, cuts, cfg.loss)  # a fresh copy per method
             if method == "weight":
-                rows = _weight(subject, teacher, cuts, base, ev, cfg, mdir)
+                rows = _weight(subject, teacher, cuts, base, ev, cfg, mdir, schedule)
             else:
                 rows = _structured(method, subject, teacher, cuts, base, ev, cfg, mdir)
         report["rows"].extend(rows)

@@ -15,19 +15,23 @@ pooling, manifest) and writes the result under ``cache_dir/<key>/``:
 
 Tensors are stored fp16 (fp32 for a tensor whose values overflow fp16, e.g. raw power
 spectra) in safetensors shards; ``index.json`` is written last, so a directory with an index
-is complete. The key hashes the upstream's weights and options, so a retrained checkpoint or
-a different feature setting never reuses stale features.
+is complete. The key hashes the upstream's weights, buffers and options, its sub-modules'
+included (:func:`upstream_identity`), so a retrained checkpoint or a different feature setting
+never reuses stale features.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import hashlib
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from s3kit.checkpoint import write_atomic
 
@@ -36,26 +40,85 @@ INDEX_FILE = "index.json"
 FP16_MAX = 65504.0
 
 
-def upstream_identity(upstream) -> str:
-    """SHA-1 of an upstream's class, name, simple attributes (feature options) and all tensors."""
-    h = hashlib.sha1()
-    h.update(f"{type(upstream).__module__}.{type(upstream).__qualname__}:{getattr(upstream, 'name', '')}".encode())
-    simple = {k: v for k, v in sorted(vars(upstream).items())
-              if not k.startswith("_") and isinstance(v, (int, float, str, bool, tuple, list))}
-    h.update(json.dumps(simple, sort_keys=True, default=str).encode())
-    for k, t in upstream.state_dict().items():
-        h.update(k.encode())
-        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+def _digest(t) -> str:
+    """SHA-1 of a tensor's (or array's) dtype, shape and bytes."""
+    t = torch.as_tensor(t).detach().cpu().contiguous()
+    h = hashlib.sha1(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
+def _option_value(v, depth: int = 0):
+    """A JSON-able, process-independent form of an attribute value (``None`` for sub-modules,
+    which are walked on their own). Objects without such a form count by their type only: a
+    ``repr`` with a memory address would change the key every run."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if depth > 8:
+        return "<deep>"
+    if isinstance(v, nn.Module):
+        return None
+    if isinstance(v, (torch.dtype, torch.device)):
+        return str(v)
+    if isinstance(v, enum.Enum):
+        return f"{type(v).__qualname__}.{v.name}"
+    if isinstance(v, (Tensor, np.ndarray)):
+        return {"tensor": _digest(v)}
+    if isinstance(v, (list, tuple, set, frozenset)):
+        items = [_option_value(x, depth + 1) for x in v]
+        return sorted(items, key=repr) if isinstance(v, (set, frozenset)) else items
+    if isinstance(v, dict):
+        return {str(k): _option_value(x, depth + 1) for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))}
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return _option_value({f.name: getattr(v, f.name) for f in dataclasses.fields(v)}, depth + 1)
+    if callable(getattr(v, "to_dict", None)):  # transformers PretrainedConfig and the like
+        d = v.to_dict()
+        # where it was loaded from and by which version does not change the model
+        d = {k: x for k, x in d.items() if not k.startswith("_") and k != "transformers_version"}
+        return {type(v).__qualname__: _option_value(d, depth + 1)}
+    if callable(v) and hasattr(v, "__qualname__"):  # a function held as an option (activation)
+        return f"{getattr(v, '__module__', '')}.{v.__qualname__}"
+    return f"<{type(v).__module__}.{type(v).__qualname__}>"
+
+
+def upstream_identity(upstream) -> str:
+    """SHA-1 of everything that decides an upstream's features.
+
+    For the upstream and every sub-module: its class and its public attributes (constructor
+    options such as a feature's ``scale`` or ``snip_edges``, configs), then every parameter and
+    every buffer, persistent or not (a mel filterbank built from ``f_min`` / ``f_max`` lives in
+    a non-persistent buffer that ``state_dict()`` leaves out). The train / eval flag is left
+    out: features are always extracted in eval mode.
+    """
+    h = hashlib.sha1(f"{getattr(upstream, 'name', '')}".encode())
+    for path, module in upstream.named_modules(remove_duplicate=False):
+        options = {k: _option_value(v) for k, v in sorted(vars(module).items())
+                   if not k.startswith("_") and k != "training" and not isinstance(v, nn.Module)}
+        h.update(json.dumps([path, f"{type(module).__module__}.{type(module).__qualname__}", options],
+                            sort_keys=True).encode())
+    tensors = [("param", k, t) for k, t in upstream.named_parameters(remove_duplicate=False)]
+    tensors += [("buffer", k, t) for k, t in upstream.named_buffers(remove_duplicate=False)]
+    for kind, k, t in tensors:
+        h.update(f"{kind}:{k}:".encode())
+        h.update(_digest(t).encode())
+    return h.hexdigest()
+
+
+# Written into each cut by lhotse's sampler while a loader iterates an in-memory CutSet (rank,
+# world size): bookkeeping, not audio.
+_LOADER_FIELDS = ("dataloading_info",)
+
+
 def manifest_identity(cuts) -> str:
-    """SHA-1 over what decides each cut's audio: id, recording sources, start, duration, channel."""
+    """SHA-1 over what decides each cut's audio: id, recording sources, start, duration, channel.
+    Supervisions (labels) and the loader's own bookkeeping in ``custom`` are left out."""
     h = hashlib.sha1()
     for cut in cuts:
         d = cut.to_dict()
         d.pop("supervisions", None)  # labels do not change features
+        custom = {k: v for k, v in (d.pop("custom", None) or {}).items() if k not in _LOADER_FIELDS}
+        if custom:
+            d["custom"] = custom
         h.update(json.dumps(d, sort_keys=True, default=str).encode())
     return h.hexdigest()
 

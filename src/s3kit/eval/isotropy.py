@@ -2,11 +2,22 @@
 
 Dimension legend: ``N`` vectors, ``D`` features.
 
-``IS(V) = min_m Z(m) / max_m Z(m)``, ``Z(m) = sum_v exp(m^T v)``, with m ranging over the
-eigenvectors of ``V^T V``. Both signs of every eigenvector are used, so the score does not
-depend on the sign an eigen-solver happens to return. ``log Z`` is a logsumexp, so the
-score stays exact where it is far below float range (the paper reports 1e-300 for wav2vec 2.0);
-no mean-centering, as in the original definition.
+``IS(V) = min_m Z(m) / max_m Z(m)``, ``Z(m) = sum_v exp(m^T v)``, with m ranging over the D
+eigenvectors of ``V^T V``: one vector per eigen-direction, as Mu & Viswanath and the widely
+used implementation evaluate it. (Taking both signs of every eigenvector instead roughly
+doubles log IS for data with a common offset: N(3 e1, I) gives -2.6 instead of -1.3 log10.)
+
+An eigen-solver returns each eigenvector with an arbitrary sign, and ``Z(m) != Z(-m)``, so the
+sign is fixed here: each m is oriented so that its projections sum to >= 0,
+``m^T sum_v v >= 0`` (towards the data's mean; an exact tie takes the sign that makes m's
+largest-magnitude entry positive). Flipping V flips every m, so ``IS(-V) == IS(V)``. How far
+other signs could move the score is computed exactly by :func:`log_isotropy_sign_range`
+(reported in :class:`IsotropySummary`): any choice of signs lies between its two ends, and
+the lower end is never below the both-signs value. Within a repeated eigenvalue the
+eigenvectors themselves are not unique; real embeddings rarely have one.
+
+``log Z`` is a logsumexp, so the score stays exact where it is far below float range (the
+paper reports 1e-300 for wav2vec 2.0); no mean-centering, as in the original definition.
 """
 
 from __future__ import annotations
@@ -36,12 +47,47 @@ def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
     return (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))).squeeze(axis)
 
 
-def log_partition(V) -> np.ndarray:
-    """``log Z(m)`` for every signed eigenvector m of ``V^T V``: V ``[N, D]`` -> ``[2D]``."""
+def eigen_directions(V) -> np.ndarray:
+    """``[D, D]`` orthonormal eigenvectors of ``V^T V`` (columns), each oriented so that
+    ``m^T sum_v v >= 0``; an exact tie makes m's largest-magnitude entry positive."""
     V = as_matrix(V)
-    _, M = np.linalg.eigh(V.T @ V)  # columns are orthonormal eigenvectors (D, D)
-    proj = V @ np.concatenate([M, -M], axis=1)  # (N, 2D): m^T v for both signs of every m
-    return _logsumexp(proj, axis=0)
+    _, M = np.linalg.eigh(V.T @ V)  # (D, D), columns orthonormal, signs arbitrary
+    proj_sum = V.sum(0) @ M  # (D,) sum over v of m^T v
+    tol = 1e-12 * np.abs(V @ M).sum(0)  # rounding level of each sum
+    top = M[np.abs(M).argmax(0), np.arange(M.shape[1])]  # (D,) largest-magnitude entry of each m
+    sign = np.where(np.abs(proj_sum) > tol, np.sign(proj_sum), np.sign(top))
+    return M * np.where(sign == 0, 1.0, sign)
+
+
+def log_partition(V) -> np.ndarray:
+    """``log Z(m)`` for every oriented eigenvector m of ``V^T V``: V ``[N, D]`` -> ``[D]``."""
+    V = as_matrix(V)
+    return _logsumexp(V @ eigen_directions(V), axis=0)  # (N, D) projections -> (D,)
+
+
+def log_isotropy_sign_range(V) -> tuple[float, float]:
+    """Lowest and highest natural-log IS over all ``2^D`` sign choices of the eigenvectors.
+
+    With ``a_i = log Z(m_i)``, ``b_i = log Z(-m_i)``, ``lo_i = min(a_i, b_i)``, ``hi_i =
+    max(a_i, b_i)``: the lowest is ``min_{i != j} lo_i - hi_j`` (both ends in different
+    directions); the highest takes, for each candidate maximum t, the larger of each direction's
+    values that is ``<= t`` and keeps the best ``min - t``. Exact, ``O(D^2)``.
+    """
+    V = as_matrix(V)
+    P = V @ eigen_directions(V)  # (N, D)
+    ab = np.stack([_logsumexp(P, axis=0), _logsumexp(-P, axis=0)])  # (2, D)
+    lo, hi = ab.min(0), ab.max(0)
+    D = len(lo)
+    if D == 1:
+        return 0.0, 0.0
+    pair = lo[:, None] - hi[None, :]  # (D, D): lo_i - hi_j
+    np.fill_diagonal(pair, np.inf)
+    lowest = float(pair.min())
+    t = np.unique(ab)  # candidate maxima
+    t = t[t >= lo.max()]  # every direction needs a value <= t
+    chosen = np.where(hi[None, :] <= t[:, None], hi[None, :], lo[None, :])  # (C, D)
+    highest = float((chosen.min(1) - t).max())
+    return lowest, highest
 
 
 def log_isotropy(V) -> float:
@@ -80,6 +126,8 @@ class IsotropySummary:
     mean_cosine: float
     n: int
     dim: int
+    # log10 IS over every other choice of eigenvector signs: how far a solver's signs could move it
+    log10_isotropy_sign_range: tuple[float, float]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,5 +137,7 @@ def isotropy_summary(V) -> IsotropySummary:
     """Both isotropy views of V ``[N, D]``: log10 IS (Mu & Viswanath) and mean pairwise cosine."""
     V = as_matrix(V)
     log_is = log_isotropy(V)
+    lowest, highest = log_isotropy_sign_range(V)
     return IsotropySummary(log10_isotropy=log_is * LOG10_E, isotropy=math.exp(log_is),
-                           mean_cosine=mean_cosine(V) if len(V) > 1 else float("nan"), n=V.shape[0], dim=V.shape[1])
+                           mean_cosine=mean_cosine(V) if len(V) > 1 else float("nan"), n=V.shape[0], dim=V.shape[1],
+                           log10_isotropy_sign_range=(lowest * LOG10_E, highest * LOG10_E))

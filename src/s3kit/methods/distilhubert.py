@@ -53,7 +53,8 @@ class DistilConfig:
         and the transformer layers) predict the targets directly; needs ``len(targets) == layers + 1``.
     keep_heads: ablation "w/ prediction heads": the rebuilt upstream appends the head outputs.
     crop_samples: random, frame-aligned training crop of longer utterances (None: no crop).
-    batch_size / max_duration: utterances and seconds of audio per batch (paper: 24 utterances).
+    batch_size / max_duration: utterances and seconds of audio per batch (paper: 24 utterances);
+        seconds are counted after the ``crop_samples`` crop, so 400 s never cuts a batch below 24.
     feature_grad_mult: scale of the gradient into the student's CNN (s3prl's recipe: 0.1; the paper
         is silent); 0 freezes the CNN and skips its backward pass. MelHuBERT students have no CNN.
     spec_augment: mask the student's input in training with the teacher config's SpecAugment
@@ -364,6 +365,7 @@ class DistilHuBERT(nn.Module):
             out[f"cos_{layer}"] = ((full - l1) / self.cfg.cos_weight).detach() if self.cfg.cos_weight else l1.new_zeros(())
             total = total + full
         out["loss"] = total / len(self.targets) if self.cfg.head_reduction == "mean" else total
+        out["utterances"] = total.new_tensor(float(wavs.shape[0]))  # the effective batch, logged
         return out
 
     def step(self, batch) -> dict[str, Tensor]:
@@ -507,6 +509,7 @@ def distill(teacher: str | Path | nn.Module, manifest, cfg: DistilConfig = Disti
     The teacher-feature cache (``cfg.cache``) goes to ``cache_dir`` (default
     ``<out_dir>/teacher_cache``) and is rebuilt whenever the teacher, targets or manifest change.
     """
+    from s3kit.audio import SAMPLE_RATE
     from s3kit.data.loader import make_loader
     from s3kit.data.manifest import load_cuts
     from s3kit.train import cache as cache_mod
@@ -534,9 +537,14 @@ def distill(teacher: str | Path | nn.Module, manifest, cfg: DistilConfig = Disti
         cache = cache_mod.ensure_cache(root, teacher, list(targets), cuts, progress=False,
                                        **cfg.train.bad_audio_options)
     method = DistilHuBERT(teacher, cfg, cache=cache)
-    longest = max((c.duration for c in cuts), default=0.0)
+    # s3prl: batches of 24 utterances, each cropped to 250k samples; size them by the cropped
+    # lengths, so that max_duration (400 s > 24 x 15.6 s) never cuts a batch below batch_size
+    crop = cfg.crop_samples / SAMPLE_RATE if cfg.crop_samples else None
+    longest = min(max((c.duration for c in cuts), default=0.0), crop or float("inf"))
     loader = make_loader(cuts, max_duration=max(cfg.max_duration, longest), max_cuts=cfg.batch_size,
-                         shuffle=True, seed=cfg.train.seed)
+                         shuffle=True, seed=cfg.train.seed, length_cap=crop)
+    print(f"distilhubert batches: {loader.describe()} (at most {cfg.batch_size} utterances, "
+          f"{cfg.max_duration:g} s" + (f" of {crop:g}-s crops)" if crop else ")"))
     val = None
     if val_manifest is not None:
         vcuts = load_cuts(val_manifest) if isinstance(val_manifest, (str, Path)) else val_manifest

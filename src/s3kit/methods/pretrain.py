@@ -11,6 +11,9 @@ clusters, ``K`` negatives.
   ``pred_nomask_weight 0``); HuBERT scores clusters by cosine with learned label embeddings / 0.1.
 * wav2vec 2.0: ``transformers.Wav2Vec2ForPreTraining`` (Gumbel quantizer, contrastive loss over
   100 sampled negatives, diversity loss 0.1), temperature annealed 2 -> 0.5 by 0.999995 a step.
+* Batches (bias paper §2.1): HuBERT / wav2vec 2.0 hold 87.5 s of audio counted after the
+  ``max_frames`` crop (fairseq's ``max_tokens`` over ``min(size, max_sample_size)``); MelHuBERT
+  holds 12 utterances.
 
 Architectures are the bias paper's Table 2 (:data:`ARCHS`), plus ``tiny`` for tests and the demo;
 :func:`build_model` returns the untrained model with its pretraining head.
@@ -52,6 +55,8 @@ TABLE2_PARAMS = {
 # Cluster counts behind the released heads: MelHuBERT's final_proj has 512 outputs; HuBERT Base's
 # fairseq dictionary has 500 k-means units + 4 special symbols.
 PAPER_CLUSTERS = {"melhubert": 512, "hubert": 504}
+FAIRSEQ_BATCH_SECONDS = 87.5  # bias paper §2.1: HuBERT / wav2vec 2.0, at most 87.5 s of audio per GPU
+MELHUBERT_BATCH = 12  # bias paper §2.1: MelHuBERT "batch size 12" (utterances)
 
 
 # ============================================================================ masking + loss
@@ -425,7 +430,10 @@ class PretrainConfig:
     kmeans_seed: int = 0
     logit_temp: float = 0.1  # HuBERT eq. 1
     gumbel_temperature: tuple[float, float, float] = (2.0, 0.5, 0.999995)  # wav2vec 2.0 §4.2 (start, end, decay)
-    max_duration: float = 60.0  # seconds of audio per batch
+    # seconds of audio per batch, each utterance counted as at most its max_frames crop (utterances x
+    # the longest); None: FAIRSEQ_BATCH_SECONDS for HuBERT / wav2vec 2.0, batch_size crops for MelHuBERT
+    max_duration: float | None = None
+    batch_size: int | None = None  # utterances per batch; None: MELHUBERT_BATCH for MelHuBERT, no cap otherwise
     seed: int = 0
 
     def __post_init__(self):
@@ -433,6 +441,35 @@ class PretrainConfig:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.max_frames < self.mask_span:
             raise ValueError(f"max_frames={self.max_frames} must be >= mask_span={self.mask_span}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 utterance, got {self.batch_size}")
+        if self.max_duration is not None and self.max_duration < self.crop_seconds:
+            raise ValueError(f"max_duration={self.max_duration} s holds no {self.crop_seconds} s crop "
+                             f"(max_frames={self.max_frames}); raise max_duration or lower max_frames")
+
+    @property
+    def crop_seconds(self) -> float:
+        """Length of a full ``max_frames`` crop: what an utterance counts for in a batch."""
+        return self.max_frames * FRAME_HOP / melhubert.SAMPLE_RATE
+
+    @property
+    def utterances_per_batch(self) -> int | None:
+        if self.batch_size is not None:
+            return self.batch_size
+        return MELHUBERT_BATCH if self.kind == "melhubert" else None
+
+    @property
+    def seconds_per_batch(self) -> float:
+        if self.max_duration is not None:
+            return self.max_duration
+        n = self.utterances_per_batch
+        return FAIRSEQ_BATCH_SECONDS if n is None else n * self.crop_seconds
+
+
+def gumbel_temperature(cfg: PretrainConfig, step: int) -> float:
+    """wav2vec 2.0 §4.2: ``max(start * decay^step, end)`` after ``step`` updates."""
+    start, end, decay = cfg.gumbel_temperature
+    return max(start * decay**step, end)
 
 
 def crop_batch(wavs: Tensor, lengths: Tensor, max_frames: int, generator: torch.Generator | None = None) -> tuple[Tensor, list[int]]:
@@ -468,7 +505,7 @@ class MaskedPrediction(nn.Module):
         logits = self.model(wavs, None, mask)  # (B, T, C)
         return {"loss": masked_prediction_loss(logits, targets, mask),
                 "acc_masked": masked_accuracy(logits.detach(), targets, mask),
-                "mask_frac": mask.float().mean()}
+                "mask_frac": mask.float().mean(), "utterances": torch.tensor(float(wavs.shape[0]))}
 
     def step(self, batch) -> dict[str, Tensor]:
         return self._loss(batch, self.generator)
@@ -483,12 +520,17 @@ class MaskedPrediction(nn.Module):
 
 class Wav2Vec2Pretraining(nn.Module):
     """wav2vec 2.0 step through ``Wav2Vec2ForPreTraining``: our span mask, its negative sampler;
-    the summed loss is divided by the number of masked frames (fairseq normalises by sample size)."""
+    the summed loss is divided by the number of masked frames (fairseq normalises by sample size).
 
-    def __init__(self, model: nn.Module, cfg: PretrainConfig):
+    ``start_step``: updates the model already had (continued training of a pretrained model,
+    e.g. fine-tuning between prunes): the Gumbel temperature continues from there instead of
+    restarting at ``gumbel_temperature[0]``."""
+
+    def __init__(self, model: nn.Module, cfg: PretrainConfig, start_step: int = 0):
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.start_step = int(start_step)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.on_step_end(0)
 
@@ -507,7 +549,8 @@ class Wav2Vec2Pretraining(nn.Module):
         out = self.model(wavs, mask_time_indices=mask, sampled_negative_indices=torch.from_numpy(negatives).to(wavs.device))
         n = mask.sum().clamp_min(1)
         return {"loss": out.loss / n, "contrastive": out.contrastive_loss.detach() / n,
-                "diversity": out.diversity_loss.detach() / n, "perplexity": out.codevector_perplexity.detach()}
+                "diversity": out.diversity_loss.detach() / n, "perplexity": out.codevector_perplexity.detach(),
+                "utterances": torch.tensor(float(B))}
 
     def step(self, batch) -> dict[str, Tensor]:
         return self._loss(batch, self.generator)
@@ -516,8 +559,7 @@ class Wav2Vec2Pretraining(nn.Module):
         return self._loss(batch, torch.Generator().manual_seed(self.cfg.seed + len(batch.cuts)))
 
     def on_step_end(self, step: int) -> None:
-        start, end, decay = self.cfg.gumbel_temperature
-        self.model.set_gumbel_temperature(max(start * decay**step, end))
+        self.model.set_gumbel_temperature(gumbel_temperature(self.cfg, self.start_step + step))
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return _model_meta(self.model, self.cfg)
@@ -663,18 +705,22 @@ def pretrain(manifest, cfg: PretrainConfig = PretrainConfig(), train_cfg=None, v
             units = load_units(path)
         else:
             units = make_targets(manifest, path, cfg.kmeans_from, cfg.num_clusters, cfg.kmeans_seed,
-                                 cfg.kmeans_max_frames, cfg.max_duration, also_label=[val_manifest] if val_manifest else [],
+                                 cfg.kmeans_max_frames, cfg.seconds_per_batch, also_label=[val_manifest] if val_manifest else [],
                                  **train_cfg.bad_audio_options)
     method = build_method(cfg, units)
     paper = TABLE2_PARAMS.get((cfg.kind, cfg.arch))
     print(f"{cfg.kind} {cfg.arch}: {count_parameters(method.model) / 1e6:.2f} M parameters with its head"
           + (f" (Table 2: {paper} M)" if paper and not cfg.model else ""))
     if cfg.kind == "melhubert":
-        stats_data = make_loader(manifest, max_duration=cfg.max_duration, shuffle=False, **train_cfg.bad_audio_options)
+        stats_data = make_loader(manifest, max_duration=cfg.seconds_per_batch, shuffle=False, **train_cfg.bad_audio_options)
         mean, std = fbank_stats(method.model, stats_data)
         method.model.encoder.front_end.set_stats(mean, std)
-    loader = make_loader(manifest, max_duration=cfg.max_duration, shuffle=True, seed=train_cfg.seed)
-    val = make_loader(val_manifest, max_duration=cfg.max_duration, shuffle=False) if val_manifest else None
+    # batches sized as the papers do: utterances, or seconds counted after the max_frames crop
+    batching = dict(max_duration=cfg.seconds_per_batch, max_cuts=cfg.utterances_per_batch, length_cap=cfg.crop_seconds)
+    loader = make_loader(manifest, shuffle=True, seed=train_cfg.seed, **batching)
+    val = make_loader(val_manifest, shuffle=False, **batching) if val_manifest else None
+    cap = f"at most {cfg.utterances_per_batch} utterances, " if cfg.utterances_per_batch else ""
+    print(f"batches: {loader.describe()} ({cap}{cfg.seconds_per_batch:g} s of {cfg.crop_seconds:g}-s crops)")
     result = train(method, loader, train_cfg, val_data=val, config=cfg)
     if cfg.kind != "melhubert" and result.checkpoint is not None:
         export_transformers(result.checkpoint, out / "transformers")
