@@ -203,7 +203,7 @@ def _write_card(run: Path, name: str, card: dict) -> None:
 def stage_probe(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) -> dict:
     """Speed/size and SUPERB-style probes of every model; fills the model cards."""
     from s3kit.eval.efficiency import measure
-    from s3kit.eval.probe import ProbeConfig, run_probe
+    from s3kit.eval.probe import ProbeConfig, run_probe, write_predictions
     from s3kit.upstream import load_upstream
 
     subsets = {"ks": "keywords", "ic": "commands", "sid": "keywords", "pr": "pr"}
@@ -222,8 +222,9 @@ def stage_probe(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict])
                              lr=None if task == "pr" else cfg.probe_lr,
                              cache_dir=str(run / "cache" / "features"), device=cfg.device, progress=False)
             r = run_probe(up, task, train, dev, test, pc)
-            card["probe"][task] = {"metric": r.metric, "score": r.test, "dev": r.dev, "updates_to_best": r.updates_to_best,
-                                   "layer_weights": r.layer_weights}
+            write_predictions(r.predictions, run / "models" / name / "predictions" / f"{task}.jsonl.gz")  # paired tests
+            card["probe"][task] = {"metric": r.metric, "score": r.test, "n": r.n, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                                   "dev": r.dev, "updates_to_best": r.updates_to_best, "layer_weights": r.layer_weights}
         _write_card(run, name, card)
         results[name] = card["probe"]
     return results
