@@ -118,7 +118,18 @@ def test_report_compares_each_model_with_the_teacher_from_per_item_predictions(t
     assert "| copy | +0.000 [+0.000, +0.000], Holm p=1.000 n.s. |" in md
     assert f"| shifted | +0.000 [" in md and f"Holm p={q['shifted']:.3f} n.s. |" in md
     assert "| other | – |" in md and "other KS: not compared" in md and "test item 0 differs" in md
-    assert f"KS (n=40): {detectable_difference(40, p=0.9):.3f}" in md
+    # the smallest detectable difference: delta = (z_0.975 + z_0.8) sqrt(psi / n) with psi the discordant share
+    # of the teacher (0.9) and a model at 0.9 - delta with independent errors
+    from scipy.stats import norm
+
+    from s3kit.report.build import detectable_accuracy_difference
+
+    delta = detectable_accuracy_difference(40, 0.9)
+    q = 0.9 - delta
+    assert delta == pytest.approx((norm.ppf(0.975) + norm.ppf(0.8)) * ((0.9 * (1 - q) + q * 0.1) / 40) ** 0.5, abs=1e-6)
+    assert delta > detectable_difference(40, p=0.9)  # the alternative lies nearer 0.5: more discordance
+    assert detectable_accuracy_difference(40, 1.0) == pytest.approx((norm.ppf(0.975) + norm.ppf(0.8)) ** 2 / 40)
+    assert f"KS (n=40): {delta:.3f}" in md
 
 
 def test_demo_probe_stage_cards_carry_intervals_and_predictions_for_the_report(tmp_path):

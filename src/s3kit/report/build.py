@@ -159,11 +159,29 @@ def _probe_comparison(cards: list[dict], tasks: list[str], ref: str):
     return rows, notes
 
 
+def detectable_accuracy_difference(n: int, p_ref: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest accuracy difference from a reference of accuracy ``p_ref`` that a paired test on ``n``
+    items detects with ``power``: the fixed point of ``delta = z sqrt(psi / n)``
+    (:func:`s3kit.eval.stats.detectable_difference`) where ``psi = p (1 - q) + q (1 - p)`` is the
+    discordant share of two systems with independent errors at ``p = p_ref`` and ``q = p_ref -+ delta``
+    (towards 0.5). Unlike ``psi = 2 p (1 - p)`` this stays above 0 for a reference at 0 % or 100 %
+    (``delta = z^2 / n`` there)."""
+    from s3kit.eval.stats import detectable_difference
+
+    delta = detectable_difference(n, p=0.5, alpha=alpha, power=power)  # from above: never the trivial fixed point 0
+    for _ in range(200):
+        q = min(1.0, max(0.0, p_ref - delta if p_ref >= 0.5 else p_ref + delta))
+        psi = p_ref * (1 - q) + q * (1 - p_ref)
+        new = detectable_difference(n, discordant=psi, alpha=alpha, power=power)
+        if abs(new - delta) < 1e-9:
+            break
+        delta = new
+    return delta
+
+
 def _detectable(cards: list[dict], tasks: list[str], ref: str) -> str:
     """The smallest difference each task's test set detects (80 % power, alpha 0.05)."""
     from scipy.stats import norm
-
-    from s3kit.eval.stats import detectable_difference
 
     by_name = {c["name"]: c for c in cards}
     parts = []
@@ -172,7 +190,7 @@ def _detectable(cards: list[dict], tasks: list[str], ref: str) -> str:
         if not p or not p.get("n"):
             continue
         if p.get("metric", "accuracy") == "accuracy":
-            delta = detectable_difference(p["n"], p=p["score"])
+            delta = detectable_accuracy_difference(p["n"], p["score"])
             parts.append(f"{t.upper()} (n={p['n']}): {delta:.3f}")
         elif p.get("ci_low") is not None:
             # no closed form for a corpus error rate: the single-model bootstrap interval gives its
@@ -182,9 +200,9 @@ def _detectable(cards: list[dict], tasks: list[str], ref: str) -> str:
             parts.append(f"{t.upper()} (n={p['n']} utterances): about {delta:.3f}")
     if not parts:
         return ""
-    return ("Smallest difference each test set can detect (80 % power, alpha 0.05, two models near the reference's "
-            "score with independent errors; models that err on the same items are told apart at smaller "
-            "differences): " + "; ".join(parts) + ".")
+    return ("Smallest difference from the reference each test set can detect (80 % power, alpha 0.05, a model "
+            "whose errors are independent of the reference's; models that err on the same items are told apart at "
+            "smaller differences): " + "; ".join(parts) + ".")
 
 
 def _tables(cards: list[dict], reference: str | None = None) -> list[tuple[str, list[str], list[list[str]], list[str]]]:
