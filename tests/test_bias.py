@@ -145,3 +145,22 @@ def test_bias_errors_without_attributes(tmp_path):
     (tmp_path / "s.csv").write_text("path,concept,group\na.wav,gender,female\n")
     with pytest.raises(ValueError, match="positive and negative attribute"):
         bias(["unused"], tmp_path / "s.csv", tmp_path / "out")
+
+
+def test_upstreams_compared_with_the_reference_on_the_same_stimuli(tmp_path):
+    from s3kit.eval.stats import holm
+
+    stimuli = _stimuli(tmp_path)
+    kw = dict(tests="gender", n_permutations=500, n_bootstrap=500, layer_permutations=100, layer_bootstrap=0,
+              device="cpu")
+    report = bias(["mfcc", "mfcc", "fbank"], stimuli, tmp_path / "out", names=["a", "a_again", "f"], reference="a", **kw)
+    comps = {c["upstream"]: c for c in report["comparisons"]}
+    assert set(comps) == {"a_again", "f"} and all(c["reference"] == "a" for c in comps.values())
+    same = comps["a_again"]  # the same model twice: no difference, p = 1
+    assert same["diff"] == 0 and same["ci_low"] == same["ci_high"] == 0 and same["p"] == 1.0
+    d = {u["name"]: u["results"]["gender"]["aggregate"]["d"] for u in report["upstreams"]}
+    assert comps["f"]["diff"] == pytest.approx(d["f"] - d["a"])
+    assert [comps["a_again"]["p_holm"], comps["f"]["p_holm"]] == pytest.approx(holm([same["p"], comps["f"]["p"]]))
+    assert "## Each upstream against a" in (tmp_path / "out" / "bias.md").read_text()
+    with pytest.raises(ValueError, match="reference 'zzz'"):
+        bias(["mfcc"], stimuli, tmp_path / "out2", reference="zzz", **kw)

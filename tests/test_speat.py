@@ -160,3 +160,25 @@ def test_resample_says_where_the_uncertainty_comes_from():
     assert bootstrap_ci(X_same, Y_same, A, B, n_bootstrap=300, resample="targets") == pytest.approx((d_t, d_t))
     with pytest.raises(ValueError, match="resample='stimuli'"):
         speat(X, Y, A, B, n_bootstrap=10, resample="stimuli")
+
+
+def test_speat_difference_paired_known_answers():
+    from s3kit.eval.speat import speat_difference
+
+    rng = np.random.default_rng(9)
+    D = 16
+    pos, neg = rng.normal(size=D), rng.normal(size=D)
+    A, B = pos + 0.5 * rng.normal(size=(20, D)), neg + 0.5 * rng.normal(size=(20, D))
+    noise_x, noise_y = rng.normal(size=(20, D)), rng.normal(size=(20, D))
+    biased = (0.6 * pos + noise_x, 0.6 * neg + noise_y, A, B)
+    neutral = (noise_x, noise_y, A, B)  # the same voices without the planted association
+    res = speat_difference(biased, neutral, n_bootstrap=1000)
+    assert res.rate_a == pytest.approx(effect_size(*biased)) and res.rate_b == pytest.approx(effect_size(*neutral))
+    assert res.diff == pytest.approx(res.rate_a - res.rate_b) and res.ci_low > 0 and res.p < 0.01
+    # the same model twice: every resample gives 0
+    same = speat_difference(biased, tuple(np.array(v) for v in biased), n_bootstrap=200)
+    assert same.diff == 0 and same.ci_low == same.ci_high == 0 and same.p == 1.0
+    # a rotated copy (cosines unchanged) is the same model for SpEAT
+    Q, _ = np.linalg.qr(rng.normal(size=(D, D)))
+    rotated = speat_difference(biased, tuple(v @ Q for v in biased), n_bootstrap=200)
+    assert abs(rotated.diff) < 1e-9 and rotated.p == 1.0

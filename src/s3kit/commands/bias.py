@@ -17,7 +17,8 @@ def register(sub) -> None:
         "(bias paper eq. 2) with its bootstrap interval and a one-sided permutation p-value, Holm-adjusted over "
         "the tests of each table, for each test on the layer mean and per layer, plus log10 isotropy; the layer-mean "
         "d also gets its interval with only targets and only attributes resampled (where the uncertainty comes "
-        "from). Writes bias.json, bias.md and d_per_layer.png (and "
+        "from). With several upstreams, each headline d is compared with --reference's on the same stimuli (paired "
+        "bootstrap, Holm-adjusted). Writes bias.json, bias.md and d_per_layer.png (and "
         "d_across_upstreams.png for several upstreams, e.g. checkpoints over training).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -35,6 +36,7 @@ def register(sub) -> None:
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the bootstrap interval")
     p.add_argument("--resample", choices=RESAMPLE, default="both",
                    help="what the bootstrap redraws: target voices, attribute clips, or both (the verdict interval)")
+    p.add_argument("--reference", help="with several upstreams: the one each is compared with (display name; default: the first)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-duration", type=float, default=60.0, help="seconds of audio per batch")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
@@ -50,7 +52,7 @@ def run(args) -> int:
                       n_bootstrap=args.n_bootstrap, layer_permutations=args.layer_permutations,
                       layer_bootstrap=args.layer_bootstrap, level=args.level, seed=args.seed,
                       max_duration=args.max_duration, device=args.device, tsne=args.tsne,
-                      resample=args.resample)
+                      resample=args.resample, reference=args.reference)
     except ValueError as e:  # bad stimuli / test spec: one clear line
         print(f"s3kit bias: error: {e}", file=sys.stderr)
         return 2
@@ -59,6 +61,9 @@ def run(args) -> int:
                           f"(p={a['p_value']:.2g}, Holm p={a['p_holm']:.2g})"
                           for t, a in ((t, r["aggregate"]) for t, r in up["results"].items()))
         print(f"{up['name']}: {cells}; log10 IS={up['isotropy']['log10_isotropy']:.1f}")
+    for c in report["comparisons"]:
+        print(f"{c['upstream']} - {c['reference']} {c['test']}: d difference {c['diff']:+.2f} "
+              f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}] (Holm p={c['p_holm']:.2g})")
     for note in report["skipped"]:
         print(f"skipped {note}")
     print(f"report written to {args.out}/bias.md")

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from s3kit.eval.isotropy import isotropy_summary, log10_isotropy
-from s3kit.eval.speat import N_BOOTSTRAP, N_PERMUTATIONS, RESAMPLE, bootstrap_ci, speat_layers
+from s3kit.eval.speat import N_BOOTSTRAP, N_PERMUTATIONS, RESAMPLE, bootstrap_ci, speat_difference, speat_layers
 
 POSITIVE = frozenset({"positive", "pleasant", "positive_valence", "pos", "attribute_a"})
 NEGATIVE = frozenset({"negative", "unpleasant", "negative_valence", "neg", "attribute_b"})
@@ -234,6 +234,31 @@ def _ns(p_holm) -> str:
     return " n.s." if p_holm is None or p_holm >= ALPHA else ""
 
 
+def _compare_upstreams(report, layer_means, run, targets, A, B, reference, n_bootstrap, level, seed, resample):
+    """Each upstream's headline d minus the reference upstream's, per test (paired bootstrap)."""
+    from s3kit.eval.stats import holm
+
+    names = [u["name"] for u in report["upstreams"]]
+    if reference is not None and reference not in names:
+        raise ValueError(f"bias: reference {reference!r} is not among the upstreams {names}")
+    if len(names) < 2 or n_bootstrap <= 0:
+        return []
+    ref = reference or names[0]
+    rows = []
+    for name in names:
+        if name == ref:
+            continue
+        for t in run:
+            ix, iy = targets[t.name]
+            sets = [(e[ix], e[iy], e[A], e[B]) for e in (layer_means[name], layer_means[ref])]
+            res = speat_difference(*sets, n_bootstrap=n_bootstrap, seed=seed + 2, level=level, resample=resample)
+            rows.append({"upstream": name, "reference": ref, "test": t.name, "diff": res.diff, "ci_low": res.ci_low,
+                         "ci_high": res.ci_high, "p": res.p, "d": res.rate_a, "d_reference": res.rate_b})
+    for row, q in zip(rows, holm([r["p"] for r in rows])):
+        row["p_holm"] = q
+    return rows
+
+
 def add_holm(report: dict) -> None:
     """Holm-adjust the permutation p-values of ``report`` in place: one family for the headline
     table (every upstream x test aggregate), one per upstream for its per-layer table."""
@@ -276,6 +301,17 @@ def write_markdown(report: dict, path: Path) -> None:
             cells.append(f"{_fmt(r['d'])} {_ci(r['ci_low'], r['ci_high'])} (p={_fmt_p(r['p_value'])}, "
                          f"Holm p={_fmt_p(r.get('p_holm', r['p_value']))}, {r['magnitude']}){_ns(r.get('p_holm'))}")
         lines.append(f"| {up['name']} | " + " | ".join(cells) + f" | {_fmt(up['isotropy']['log10_isotropy'], 1)} |")
+    comps = report.get("comparisons") or []
+    if comps:
+        ref = comps[0]["reference"]
+        lines += ["", f"## Each upstream against {ref}", "",
+                  f"Headline d minus the d of {ref} on the same stimuli: paired bootstrap (the same resample of "
+                  f"stimuli for both), two-sided p, Holm-adjusted over the {len(comps)} comparisons.", "",
+                  "| upstream | test | d | d of reference | difference [CI] | p | Holm p |", "|---|---|---|---|---|---|---|"]
+        for c in comps:
+            lines.append(f"| {c['upstream']} | {c['test']} | {_fmt(c['d'])} | {_fmt(c['d_reference'])} | "
+                         f"{c['diff'] + 0.0:+.2f} {_ci(c['ci_low'], c['ci_high'])} | {_fmt_p(c['p'])} | "
+                         f"{_fmt_p(c['p_holm'])}{_ns(c['p_holm'])} |")
     sources = [(up, t) for up in report["upstreams"] for t in tests
                if up["results"][t]["aggregate"].get("ci_by_resample")]
     if sources:
@@ -362,7 +398,7 @@ def bias(upstreams: list[str], stimuli: str | Path, out: str | Path, tests: str 
          n_permutations: int = N_PERMUTATIONS, n_bootstrap: int = N_BOOTSTRAP,
          layer_permutations: int = LAYER_PERMUTATIONS, layer_bootstrap: int = LAYER_BOOTSTRAP, level: float = 0.95,
          seed: int = 0, max_duration: float = 60.0, device: str = "auto", tsne: bool = False,
-         names: list[str] | None = None, resample: str = "both") -> dict:
+         names: list[str] | None = None, resample: str = "both", reference: str | None = None) -> dict:
     """SpEAT d / p / CI per test, aggregated over layers and per layer, plus isotropy, for each
     upstream (names or paths for ``s3kit.upstream.load_upstream``) on ``stimuli``.
 
@@ -371,7 +407,10 @@ def bias(upstreams: list[str], stimuli: str | Path, out: str | Path, tests: str 
     ``names``: display names of the upstreams (default: from their paths). ``resample``: what the
     bootstrap intervals redraw (targets, attributes or both; :func:`s3kit.eval.speat.speat`); the
     headline d also gets the interval of each source alone (``ci_by_resample``). p-values are
-    Holm-adjusted per table (:func:`add_holm`).
+    Holm-adjusted per table (:func:`add_holm`). With several upstreams, each one's headline d is
+    compared with the ``reference`` upstream's (a display name; default: the first) on the same
+    stimuli: the difference with a paired bootstrap interval and p (:func:`s3kit.eval.speat.speat_difference`),
+    Holm-adjusted over the comparisons (``report["comparisons"]``).
     """
     from s3kit.data.manifest import get_label
     from s3kit.eval.embed import utterance_embeddings
@@ -411,10 +450,14 @@ def bias(upstreams: list[str], stimuli: str | Path, out: str | Path, tests: str 
         "upstreams": [],
     }
     taken: set[str] = set()
+    layer_means = {}  # name -> [N, D] layer-mean embeddings, for the paired comparisons
     if names is not None and len(names) != len(upstreams):
         raise ValueError(f"bias: {len(names)} names for {len(upstreams)} upstreams")
+    display = list(names) if names is not None else [_display_name(str(spec), taken) for spec in upstreams]
+    if reference is not None and reference not in display:
+        raise ValueError(f"bias: reference {reference!r} is not among the upstreams {display}")
     for i, spec in enumerate(upstreams):
-        name = names[i] if names is not None else _display_name(str(spec), taken)
+        name = display[i]
         upstream = load_upstream(spec)
         emb = utterance_embeddings(upstream, cuts, max_duration=max_duration, device=device)  # (N, L, D)
         entry = {"name": name, "upstream": str(spec), "num_layers": emb.shape[1], "layers": list(range(emb.shape[1])),
@@ -432,6 +475,7 @@ def bias(upstreams: list[str], stimuli: str | Path, out: str | Path, tests: str 
                     k: [agg["ci_low"], agg["ci_high"]] if k == resample
                     else list(bootstrap_ci(*m, n_bootstrap=n_bootstrap, level=level, seed=seed + 1, resample=k))
                     for k in RESAMPLE}
+        layer_means[name] = np.asarray(emb.mean(1), dtype=np.float64)
         # Isotropy of all stimuli's utterance embeddings: layer mean (headline) and each layer.
         entry["isotropy"] = isotropy_summary(emb.mean(1)).to_dict()
         entry["isotropy_per_layer"] = [log10_isotropy(emb[:, l]) for l in range(emb.shape[1])]
@@ -442,6 +486,8 @@ def bias(upstreams: list[str], stimuli: str | Path, out: str | Path, tests: str 
             tsne_plot(emb.mean(1), labels, out / f"tsne_{safe}.png", title=f"{name}: stimuli (layer mean)", seed=seed)
         report["upstreams"].append(entry)
         del upstream
+    report["comparisons"] = _compare_upstreams(report, layer_means, run, targets, A, B, reference, n_bootstrap,
+                                               level, seed, resample)
     add_holm(report)
     (out / "bias.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
     write_markdown(report, out / "bias.md")

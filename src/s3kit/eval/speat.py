@@ -153,14 +153,21 @@ def _bootstrap_d(cos_xy_a: np.ndarray, cos_xy_b: np.ndarray, n_x: int, n: int, s
                  resample: str = "both") -> np.ndarray:
     """``[n]`` bootstrap replicates of d from cosines ``[N, Na]`` and ``[N, Nb]`` of X u Y,
     redrawing targets (within X and within Y), attributes (within A and within B) or both."""
+    return _bootstrap_d_paired([(cos_xy_a, cos_xy_b)], n_x, n, seed, resample)[0]
+
+
+def _bootstrap_d_paired(cosines: list[tuple[np.ndarray, np.ndarray]], n_x: int, n: int, seed: int,
+                        resample: str = "both") -> np.ndarray:
+    """``[M, n]`` bootstrap replicates of d for ``M`` models' cosines ``(cos_a [N, Na], cos_b [N, Nb])``
+    of the same stimuli, every resample applied to all models alike (a paired bootstrap)."""
     _check_resample(resample)
     resample_attributes = resample in ("attributes", "both")
     resample_targets = resample in ("targets", "both")
     rng = np.random.default_rng(seed)
-    N, n_a = cos_xy_a.shape
-    n_b = cos_xy_b.shape[1]
+    N, n_a = cosines[0][0].shape
+    n_b = cosines[0][1].shape[1]
     n_y = N - n_x
-    out = np.empty(n)
+    out = np.empty((len(cosines), n))
     done = 0
     while done < n:
         c = min(_CHUNK // 4, n - done)
@@ -168,22 +175,24 @@ def _bootstrap_d(cos_xy_a: np.ndarray, cos_xy_b: np.ndarray, n_x: int, n: int, s
             # Multinomial counts / size = the weights of a with-replacement resample: [Na, c].
             w_a = rng.multinomial(n_a, np.full(n_a, 1.0 / n_a), size=c).T / n_a
             w_b = rng.multinomial(n_b, np.full(n_b, 1.0 / n_b), size=c).T / n_b
-            s = cos_xy_a @ w_a - cos_xy_b @ w_b  # (N, c)
-        else:
-            s = np.repeat((cos_xy_a.mean(1) - cos_xy_b.mean(1))[:, None], c, axis=1)
         # Resample targets within each group; counts [c, N] weight the rows of s.
         if resample_targets:
             counts = np.concatenate([rng.multinomial(n_x, np.full(n_x, 1.0 / n_x), size=c),
                                      rng.multinomial(n_y, np.full(n_y, 1.0 / n_y), size=c)], axis=1).astype(np.float64)
         else:
             counts = np.ones((c, N))
-        s = s.T  # (c, N)
-        mean_x = (counts[:, :n_x] * s[:, :n_x]).sum(1) / n_x
-        mean_y = (counts[:, n_x:] * s[:, n_x:]).sum(1) / n_y
-        mean_all = (counts * s).sum(1) / N
-        var = (counts * (s - mean_all[:, None]) ** 2).sum(1) / (N - 1)  # ddof=1 over the resample
-        std = np.sqrt(var)
-        out[done:done + c] = np.where(std > 0, (mean_x - mean_y) / np.where(std > 0, std, 1.0), 0.0)
+        for m, (cos_xy_a, cos_xy_b) in enumerate(cosines):
+            if resample_attributes:
+                s = cos_xy_a @ w_a - cos_xy_b @ w_b  # (N, c)
+            else:
+                s = np.repeat((cos_xy_a.mean(1) - cos_xy_b.mean(1))[:, None], c, axis=1)
+            s = s.T  # (c, N)
+            mean_x = (counts[:, :n_x] * s[:, :n_x]).sum(1) / n_x
+            mean_y = (counts[:, n_x:] * s[:, n_x:]).sum(1) / n_y
+            mean_all = (counts * s).sum(1) / N
+            var = (counts * (s - mean_all[:, None]) ** 2).sum(1) / (N - 1)  # ddof=1 over the resample
+            std = np.sqrt(var)
+            out[m, done:done + c] = np.where(std > 0, (mean_x - mean_y) / np.where(std > 0, std, 1.0), 0.0)
         done += c
     return out
 
@@ -314,3 +323,34 @@ def speat_layers(X, Y, A, B, n_permutations: int = N_PERMUTATIONS, n_bootstrap: 
     per_layer = [speat(X[:, l], Y[:, l], A[:, l], B[:, l], n_perm_l, n_boot_l, seed, level, resample)
                  for l in range(X.shape[1])]
     return LayerwiseSpeat(aggregate=aggregate, per_layer=per_layer)
+
+
+def speat_difference(first: tuple, second: tuple, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
+                     level: float = 0.95, resample: str = "both"):
+    """d of one model minus d of another on the same stimuli, with a paired bootstrap interval and p.
+
+    ``first`` and ``second`` are ``(X, Y, A, B)`` embeddings of the same stimuli by two models
+    (rows in the same order; widths may differ). Each resample draws one set of stimulus indices
+    (within X, Y, and / or A, B as ``resample`` says) and applies it to both models, so what the
+    stimuli share cancels. Returns :class:`s3kit.eval.stats.PairedBootstrap` (``diff``,
+    ``ci_low``, ``ci_high``, two-sided ``p``, ``n`` = target stimuli, ``rate_a`` / ``rate_b`` = the
+    two d's).
+    """
+    from s3kit.eval.stats import _paired_result
+
+    _check_resample(resample)
+    cos = []
+    for model in (first, second):
+        X, Y, A, B = (_as_matrix(v, k) for v, k in zip(model, "XYAB"))
+        _check_dims(X=X, Y=Y, A=A, B=B)
+        W = _unit(np.concatenate([X, Y]))
+        cos.append((W @ _unit(A).T, W @ _unit(B).T, len(X)))
+    (ca1, cb1, n_x), (ca2, cb2, n_x2) = cos
+    if ca1.shape[0] != ca2.shape[0] or n_x != n_x2 or ca1.shape[1] != ca2.shape[1] or cb1.shape[1] != cb2.shape[1]:
+        raise ValueError("speat_difference: the two models must embed the same stimuli (same set sizes)")
+    n_y = ca1.shape[0] - n_x
+    _validate_sizes(range(n_x), range(n_y))
+    d1 = _d_from_s(ca1.mean(1)[:n_x] - cb1.mean(1)[:n_x], ca1.mean(1)[n_x:] - cb1.mean(1)[n_x:])
+    d2 = _d_from_s(ca2.mean(1)[:n_x] - cb2.mean(1)[:n_x], ca2.mean(1)[n_x:] - cb2.mean(1)[n_x:])
+    reps = _bootstrap_d_paired([(ca1, cb1), (ca2, cb2)], n_x, n_bootstrap, seed, resample)
+    return _paired_result(d1 - d2, reps[0] - reps[1], level, n_x + n_y, d1, d2)
