@@ -158,3 +158,22 @@ def test_demo_probe_stage_cards_carry_intervals_and_predictions_for_the_report(t
         assert (card["ci_low"], card["ci_high"]) == pytest.approx(wilson_ci(k, 16))
     md = (build_report(tmp_path).parent / "index.md").read_text()
     assert "## Probing: each model against teacher" in md and "| student | " in md and "Holm p=" in md
+
+
+def test_report_bias_table_against_the_teacher(tmp_path):
+    from s3kit.eval.stats import holm
+
+    _card(tmp_path, "teacher", 2_000_000, 0.91, 0.31, 0.9)
+    _card(tmp_path, "student", 500_000, 0.85, 0.42, 0.4)
+    _card(tmp_path, "pruned", 400_000, 0.80, 0.45, 0.85)
+    for name, diff, p in (("student", -0.5, 0.001), ("pruned", -0.05, 0.6)):
+        path = tmp_path / "models" / name / "card.json"
+        card = json.loads(path.read_text())
+        card["bias"]["gender"]["vs_reference"] = {"reference": "teacher", "diff": diff, "ci_low": diff - 0.2,
+                                                  "ci_high": diff + 0.2, "p": p}
+        path.write_text(json.dumps(card))
+    md = (build_report(tmp_path).parent / "index.md").read_text()
+    q = holm([0.6, 0.001])  # cards in name order: pruned, student
+    assert "## Social bias: each model against teacher" in md
+    assert f"| student | -0.50 [-0.70, -0.30], Holm p={q[1]:.3f} |" in md
+    assert f"| pruned | -0.05 [-0.25, +0.15], Holm p={q[0]:.3f} n.s. |" in md

@@ -320,7 +320,9 @@ def stage_bias(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) 
     names = list(models)
     report = bias([models[n]["upstream"] for n in names], data["speat"], run / "bias", tests=cfg.bias_tests,
                   n_permutations=cfg.permutations, n_bootstrap=2000, layer_permutations=10_000, layer_bootstrap=500,
-                  seed=cfg.seed, device=cfg.device, tsne=True, names=names)
+                  seed=cfg.seed, device=cfg.device, tsne=True, names=names,
+                  reference="teacher" if "teacher" in names else None)
+    versus = {(c["upstream"], c["test"]): c for c in report.get("comparisons", [])}  # d minus the teacher's
     out = {}
     for name, entry in zip(names, report["upstreams"]):
         card = {"bias": {}, "isotropy": entry["isotropy"].get("log10_isotropy") if isinstance(entry["isotropy"], dict) else None}
@@ -328,7 +330,8 @@ def stage_bias(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) 
             agg = res.get("aggregate", res)
             card["bias"][test] = {"d": agg.get("d"), "p": agg.get("p_value", agg.get("p")), "ci_low": agg.get("ci_low"),
                                   "ci_high": agg.get("ci_high"), "magnitude": agg.get("magnitude"),
-                                  "per_layer": [l.get("d") for l in res.get("per_layer", [])]}
+                                  "per_layer": [l.get("d") for l in res.get("per_layer", [])],
+                                  "vs_reference": versus.get((name, test))}
         src = run / "bias" / f"tsne_{name}.png"
         if src.exists():
             dst = run / "models" / name / "tsne.png"

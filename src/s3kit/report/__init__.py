@@ -6,7 +6,8 @@ A run directory holds one card per model, ``RUN/models/<name>/card.json``::
      "efficiency": {"params", "macs_per_second", "latency_ms", "rtf", ...},
      "probe": {task: {"metric": "accuracy"|"per", "score": float, "n": int, "ci_low": float,
                       "ci_high": float, "updates_to_best": int, "layer_weights": [float, ...]}},
-     "bias": {category: {"d", "p", "ci_low", "ci_high", "magnitude", "per_layer": [d, ...]}},
+     "bias": {category: {"d", "p", "ci_low", "ci_high", "magnitude", "per_layer": [d, ...],
+                         "vs_reference": {"reference", "diff", "ci_low", "ci_high", "p"}}},  # d minus the reference's
      "isotropy": float, "tsne": "relative/path.png"}
 
 Every key but ``name`` is optional: the report shows what the run measured. Per-item test

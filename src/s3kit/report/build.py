@@ -271,6 +271,29 @@ def _tables(cards: list[dict], reference: str | None = None) -> list[tuple[str, 
                  f"{NOT_SIGNIFICANT} = not significant at alpha {ALPHA:g}. A bias claim needs a small adjusted p and "
                  "an interval that excludes 0 (docs/bias.md)."]
         out.append(("Social bias (SpEAT effect size d, permutation p) and isotropy", header, rows, notes))
+        versus = [(c["name"], k, c["bias"][k]["vs_reference"]) for c in cards for k in cats
+                  if k in c.get("bias", {}) and c["bias"][k].get("vs_reference")]
+        if versus:
+            bref = versus[0][2]["reference"]
+            q = dict(zip([(n, k) for n, k, _ in versus], holm([v["p"] for _, _, v in versus])))
+            rows = []
+            for c in cards:
+                if c["name"] == bref:
+                    continue
+                cells = []
+                for k in cats:
+                    v = c.get("bias", {}).get(k, {}).get("vs_reference")
+                    if not v:
+                        cells.append("–")
+                        continue
+                    qq = q[(c["name"], k)]
+                    cells.append(f"{v['diff'] + 0.0:+.2f} [{v['ci_low'] + 0.0:+.2f}, {v['ci_high'] + 0.0:+.2f}], "
+                                 f"Holm p={_p(qq)}{' ' + NOT_SIGNIFICANT if qq >= ALPHA else ''}")
+                rows.append([c["name"]] + cells)
+            out.append((f"Social bias: each model against {bref}", ["model"] + [f"{k}: d − d of {bref} [95 % CI]" for k in cats],
+                        rows, [f"Difference of the SpEAT d's on the same stimuli, paired bootstrap (one resample of "
+                               f"stimuli for both models), two-sided p Holm-adjusted over the {len(versus)} comparisons "
+                               f"of this table; {NOT_SIGNIFICANT} = not significant at alpha {ALPHA:g}."]))
     return out
 
 
