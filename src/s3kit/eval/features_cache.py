@@ -56,6 +56,13 @@ def manifest_identity(cuts) -> str:
     for cut in cuts:
         d = cut.to_dict()
         d.pop("supervisions", None)  # labels do not change features
+        custom = d.get("custom")
+        if isinstance(custom, dict) and "dataloading_info" in custom:
+            # lhotse's dataloading writes {rank, worker_id, world_size} into each cut it serves, in
+            # place: without this, a second probe on the same CutSet missed the cache
+            d["custom"] = {k: v for k, v in custom.items() if k != "dataloading_info"} or None
+            if d["custom"] is None:
+                del d["custom"]
         h.update(json.dumps(d, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
