@@ -11,7 +11,7 @@ def register(sub) -> None:
         "report",
         help="rebuild the report of a run directory",
         description="Render RUN_DIR/models/*/card.json into RUN_DIR/report/index.html and index.md "
-        "(tables, plots, one card per model). Scores show their 95 %% interval; where the cards have per-item "
+        "(tables, plots, one card per model). Scores show their 95 % interval; where the cards have per-item "
         "predictions (models/NAME/predictions/<task>.jsonl.gz) each model is compared with --reference "
         "(difference, interval, Holm-adjusted p, n.s. where not significant).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
