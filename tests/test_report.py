@@ -107,6 +107,9 @@ def test_report_compares_each_model_with_the_teacher_from_per_item_predictions(t
     (tmp_path / "models" / "other" / "card.json").write_text(json.dumps({"name": "other", "probe": {"ks": {
         "metric": "accuracy", "score": 0.5}}}))
     write_predictions([{**i, "id": "x" + i["id"]} for i in _items(20)], tmp_path / "models" / "other" / "predictions" / "ks.jsonl.gz")
+    # several probe seeds in one file: the lowest seed's rows are compared (seed 1 here is all wrong)
+    write_predictions([{**i, "seed": 1, "correct": False} for i in items["copy"]] + [{**i, "seed": 0} for i in items["copy"]],
+                      tmp_path / "models" / "copy" / "predictions" / "ks.jsonl.gz")
     md = (build_report(tmp_path).parent / "index.md").read_text()
     assert "| teacher | 0.900 [0.769, 0.960], n=40 |" in md
     p = {n: mcnemar_exact([i["correct"] for i in items[n]], [i["correct"] for i in items["teacher"]])

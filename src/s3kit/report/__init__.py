@@ -12,7 +12,8 @@ A run directory holds one card per model, ``RUN/models/<name>/card.json``::
 
 Every key but ``name`` is optional: the report shows what the run measured. Per-item test
 predictions of a probe go next to the card, ``RUN/models/<name>/predictions/<task>.jsonl.gz``
-(:func:`s3kit.eval.probe.write_predictions`); where the reference model (``teacher`` by default)
+(:func:`s3kit.eval.probe.write_predictions`; rows may carry a ``seed``, and of several seeds the
+lowest is compared); where the reference model (``teacher`` by default)
 and another model both have them, the report adds a paired comparison table (difference, its
 interval, Holm-adjusted p, ``n.s.`` where not significant). ``build_report`` writes
 ``RUN/report/index.html``, ``RUN/report/index.md`` and ``RUN/report/plots/*.png``.

@@ -96,11 +96,19 @@ def pick_reference(cards: list[dict], reference: str | None = None) -> str:
 
 def card_predictions(card: dict, task: str) -> list[dict] | None:
     """Per-item test predictions of ``card`` for ``task`` (``models/NAME/predictions/<task>.jsonl.gz``,
-    written by :func:`s3kit.eval.probe.write_predictions`), or None."""
+    written by :func:`s3kit.eval.probe.write_predictions`), or None. A file holding several probe
+    seeds (rows with a ``seed`` field) gives the rows of its lowest seed: a fixed rule, so no seed
+    is picked for its verdict."""
     from s3kit.eval.probe import read_predictions
 
     path = Path(card["_dir"]) / "predictions" / f"{task}.jsonl.gz"
-    return read_predictions(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    rows = read_predictions(path)
+    seeds = sorted({r["seed"] for r in rows if "seed" in r})
+    if len(seeds) > 1:  # several probe seeds in one file: the paired test pairs one probe with one probe
+        rows = [r for r in rows if r.get("seed") == seeds[0]]
+    return rows
 
 
 def _score(p: dict) -> str:
@@ -241,7 +249,8 @@ def _tables(cards: list[dict], reference: str | None = None) -> list[tuple[str, 
             comp_header = ["model"] + [f"{t.upper()}: model − {ref} [95 % CI]" for t in tasks]
             comp_text = (f"Each model minus {ref} on the same test items: accuracy with a paired bootstrap interval and "
                          "the exact McNemar test, PER with the paired utterance-level bootstrap; p Holm-adjusted over "
-                         f"the {sum(v != '–' for r in comp_rows for v in r[1:])} comparisons of this table; "
+                         f"the {sum(v != '–' for r in comp_rows for v in r[1:])} comparisons of this table (with several probe "
+                         "seeds per model: the lowest seed of each); "
                          f"{NOT_SIGNIFICANT} = not significant at alpha {ALPHA:g} after adjustment (the test set cannot "
                          "tell the two apart).")
             out.append((f"Probing: each model against {ref}", comp_header, comp_rows,
