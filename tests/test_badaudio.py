@@ -271,7 +271,7 @@ def test_cli_probe_skips_bad_training_audio_and_stops_on_a_bad_test_file(tmp_pat
             "--max-updates", "10", "--eval-every", "5", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
     out = tmp_path / "probe"
     assert main([*args, "--test", str(dev), "--out", str(out), "--max-bad-share", "0.05"]) == 0
-    result = json.loads((out / "results.json").read_text())[0]
+    result = json.loads((out / "results.json").read_text())["runs"][0]
     assert result["num_train"] == 30 and [r["cut"] for r in result["skipped_audio"]] == ["bad_non_finite"]
     listed = [json.loads(line) for line in (out / "skipped_audio.jsonl").read_text().splitlines()]
     assert [(r["split"], r["cut"]) for r in listed] == [("train", "bad_non_finite")]

@@ -29,13 +29,16 @@ class FrameEnergy(Upstream):
         return Hidden([s0, s1], self.num_frames(lengths), self.frame_rate)
 
 
-def _stimuli(tmp_path, n=6):
-    """CSV stimulus set: gender targets differ in pitch, positive valence shares the female pitch."""
+def _stimuli(tmp_path, n=6, balanced=False):
+    """CSV stimulus set: gender targets differ in pitch, positive valence shares the female pitch.
+    ``balanced``: both target groups alternate between the two pitches (no association to find)."""
     rows = ["path,concept,group"]
     rng = np.random.default_rng(0)
     spec = [("gender", "female", 300), ("gender", "male", 120), ("valence", "positive", 300), ("valence", "negative", 120)]
     for concept, group, f0 in spec:
         for i in range(n):
+            if balanced and concept == "gender":
+                f0 = (300, 120)[i % 2]
             wav = sine(f0 * rng.uniform(0.95, 1.05), seconds=rng.uniform(0.5, 0.9), amplitude=0.3)
             wav = wav + 0.01 * rng.normal(size=wav.shape).astype(np.float32)
             write_wav(tmp_path / "wav" / f"{group}{i}.wav", wav)
@@ -110,10 +113,31 @@ def test_bias_command_tiny_hubert(tmp_path):
     assert agg["d"] > 0.8 and agg["p_value"] < 0.05
     assert up["results"]["gender"]["per_layer"][0]["ci_low"] is None  # no per-layer bootstrap -> null
     assert np.isfinite(up["isotropy"]["log10_isotropy"]) and up["isotropy"]["log10_isotropy"] <= 0
+    # one headline test: Holm p = p; per layer, Holm over the table's 3 tests
+    from s3kit.eval.stats import holm
+
+    assert agg["p_holm"] == agg["p_value"]
+    layers = up["results"]["gender"]["per_layer"]
+    assert [r["p_holm"] for r in layers] == pytest.approx(holm([r["p_value"] for r in layers]))
+    src = agg["ci_by_resample"]
+    assert src["both"] == [agg["ci_low"], agg["ci_high"]] and src["targets"][0] <= agg["d"] <= src["targets"][1]
     md = (out / "bias.md").read_text()
-    assert "| upstream | gender | log10 IS |" in md and "d per layer" in md
+    assert "| upstream | gender: d [CI] (p, Holm p) | log10 IS |" in md and "d per layer" in md
+    assert "Where the uncertainty of d comes from" in md and "Holm p=" in md
     for png in ("d_per_layer.png", "tsne_tiny.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_balanced_stimuli_show_no_bias_and_a_planted_one_shows(tmp_path):
+    kw = dict(tests="gender", n_permutations=2000, n_bootstrap=1000, layer_permutations=200, layer_bootstrap=0,
+              device="cpu")
+    planted = bias(["mfcc"], _stimuli(tmp_path / "p"), tmp_path / "po", **kw)["upstreams"][0]["results"]["gender"]
+    balanced = bias(["mfcc"], _stimuli(tmp_path / "b", balanced=True), tmp_path / "bo", **kw)
+    b = balanced["upstreams"][0]["results"]["gender"]["aggregate"]
+    a = planted["aggregate"]
+    assert a["p_holm"] < 0.05 and a["ci_low"] > 0  # detected: small adjusted p, interval above 0
+    assert b["p_holm"] > 0.05 and b["ci_low"] < 0 < b["ci_high"]  # not detected
+    assert "n.s." in (tmp_path / "bo" / "bias.md").read_text()
 
 
 def test_bias_errors_without_attributes(tmp_path):
@@ -121,3 +145,22 @@ def test_bias_errors_without_attributes(tmp_path):
     (tmp_path / "s.csv").write_text("path,concept,group\na.wav,gender,female\n")
     with pytest.raises(ValueError, match="positive and negative attribute"):
         bias(["unused"], tmp_path / "s.csv", tmp_path / "out")
+
+
+def test_upstreams_compared_with_the_reference_on_the_same_stimuli(tmp_path):
+    from s3kit.eval.stats import holm
+
+    stimuli = _stimuli(tmp_path)
+    kw = dict(tests="gender", n_permutations=500, n_bootstrap=500, layer_permutations=100, layer_bootstrap=0,
+              device="cpu")
+    report = bias(["mfcc", "mfcc", "fbank"], stimuli, tmp_path / "out", names=["a", "a_again", "f"], reference="a", **kw)
+    comps = {c["upstream"]: c for c in report["comparisons"]}
+    assert set(comps) == {"a_again", "f"} and all(c["reference"] == "a" for c in comps.values())
+    same = comps["a_again"]  # the same model twice: no difference, p = 1
+    assert same["diff"] == 0 and same["ci_low"] == same["ci_high"] == 0 and same["p"] == 1.0
+    d = {u["name"]: u["results"]["gender"]["aggregate"]["d"] for u in report["upstreams"]}
+    assert comps["f"]["diff"] == pytest.approx(d["f"] - d["a"])
+    assert [comps["a_again"]["p_holm"], comps["f"]["p_holm"]] == pytest.approx(holm([same["p"], comps["f"]["p"]]))
+    assert "## Each upstream against a" in (tmp_path / "out" / "bias.md").read_text()
+    with pytest.raises(ValueError, match="reference 'zzz'"):
+        bias(["mfcc"], stimuli, tmp_path / "out2", reference="zzz", **kw)

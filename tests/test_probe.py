@@ -197,7 +197,10 @@ def test_fraction_and_lr_sweep(tones, tmp_path):
     assert result.dev == max(s["dev"] for s in result.sweep)
     assert "| ks |" in results_table([result])
     other = dataclasses.replace(result, seed=1, test=result.test - 0.1)
-    assert "| ks | mfcc | 0.25 | 2 |" in summary_table([result, other])
+    # two seeds: mean, and mean ± t_{0.975, 1} * sd / sqrt(2) with sd = 0.1 / sqrt(2), i.e. ± 12.706 * 0.05
+    mean = result.test - 0.05
+    row = f"| ks | mfcc | 0.25 | {mean:.3f} [{mean - 0.6353:.3f}, {mean + 0.6353:.3f}], 2 seeds |"
+    assert row in summary_table([result, other])
 
 
 def test_intent_needs_all_slots(tmp_path):
@@ -231,11 +234,22 @@ def test_cli_probe_writes_results(tones, tmp_path):
     out = tmp_path / "out"
     rc = main(["probe", "--upstream", "mfcc", "--task", "ks", "--data", str(tmp_path / "data"), "--subset", "tones",
                "--out", str(out), "--lr", "1e-2", "--max-updates", "30", "--eval-every", "15",
-               "--fraction", "0.5,1.0", "--cache-dir", str(tmp_path / "cache"), "progress=false"])
+               "--fraction", "0.5,1.0", "--seed", "0,1", "--cache-dir", str(tmp_path / "cache"), "progress=false"])
     assert rc == 0
-    rows = json.loads((out / "results.json").read_text())
-    assert [r["fraction"] for r in rows] == [0.5, 1.0] and rows[0]["num_train"] == 24
-    assert (out / "results.md").read_text().count("| ks | mfcc |") == 2
+    doc = json.loads((out / "results.json").read_text())
+    rows = doc["runs"]
+    assert [(r["fraction"], r["seed"]) for r in rows] == [(0.5, 0), (0.5, 1), (1.0, 0), (1.0, 1)]
+    assert rows[0]["num_train"] == 24
+    assert all(r["n"] == 24 and r["ci_low"] <= r["test"] <= r["ci_high"] for r in rows)
+    # per fraction: the mean over the two seeds with its t interval, and each seed's own score
+    from s3kit.eval.stats import seed_summary
+
+    half = [g for g in doc["summary"] if g["fraction"] == 0.5][0]
+    expect = seed_summary([rows[0]["test"], rows[1]["test"]])
+    assert half["test"]["mean"] == pytest.approx(expect.mean) and [p["seed"] for p in half["per_seed"]] == [0, 1]
+    assert half["test"]["ci_low"] == pytest.approx(expect.ci_low) and half["test"]["n"] == 2
+    md = (out / "results.md").read_text()
+    assert md.count("| ks | mfcc |") == 6 and "2 seeds" in md and ", n=24 |" in md
     assert (out / "checkpoints" / "ks-frac0.5-lr0.01-seed0" / "config.json").exists()
     # a missing subset is a clear one-line error, not a traceback
     assert main(["probe", "--upstream", "mfcc", "--task", "ks", "--data", str(tmp_path / "data"),

@@ -30,7 +30,7 @@ def test_reader_probe_score_file(tmp_path, task):
     result = run_probe("mfcc", task, splits[tr], splits[dv], splits[te], cfg)
     paths = write_results([result], tmp_path / "out")
     saved = json.loads(paths["json"].read_text())
-    row = saved[0] if isinstance(saved, list) else saved["results"][0]
+    row = saved["runs"][0]
     assert row["task"] == task and row["num_train"] == len(splits[tr])
     assert 0.0 <= row["test"] and (row["test"] <= 1.0 or result.metric in ("per", "wer"))
     assert row["updates"] == 4 and 1 <= row["updates_to_best"] <= 4

@@ -132,3 +132,53 @@ def test_speed_10k_permutations_60_targets():
     t = time.perf_counter()
     speat(X, Y, A, B, n_permutations=10_000, n_bootstrap=0)
     assert time.perf_counter() - t < 1.0
+
+
+def test_resample_says_where_the_uncertainty_comes_from():
+    rng = np.random.default_rng(8)
+    D = 8
+    u = np.eye(D)[0]
+    X = u + 0.3 * rng.normal(size=(20, D))  # the two target groups differ along u
+    Y = -u + 0.3 * rng.normal(size=(20, D))
+    # three attribute clips per set, whose valence direction disagrees: A = {+u, +u, -u}, B = {-u, -u, +u}
+    A = np.stack([u, u, -u]) + 0.05 * rng.normal(size=(3, D))
+    B = -A[[0, 1, 2]] + 0.05 * rng.normal(size=(3, D))
+    kw = dict(n_permutations=10_000, n_bootstrap=4000, seed=0)
+    targets = speat(X, Y, A, B, resample="targets", **kw)
+    both = speat(X, Y, A, B, resample="both", **kw)
+    attributes = speat(X, Y, A, B, resample="attributes", **kw)
+    assert targets.d == both.d > 1.5 and targets.p_value < 1e-3 and both.resample == "both"
+    # with the attributes fixed the targets leave no doubt; a draw of other attribute clips can flip d
+    assert targets.ci_low > 1.0
+    assert attributes.ci_low < 0 < attributes.ci_high and both.ci_low < 0 < both.ci_high
+    # known answers: a resample of identical rows changes nothing, so that source's interval is a point
+    A_same, B_same = np.repeat(A[:1], 5, axis=0), np.repeat(B[:1], 5, axis=0)
+    d_same = effect_size(X, Y, A_same, B_same)
+    assert bootstrap_ci(X, Y, A_same, B_same, n_bootstrap=300, resample="attributes") == pytest.approx((d_same, d_same))
+    X_same, Y_same = np.repeat(X[:1], 6, axis=0), np.repeat(Y[:1], 6, axis=0)
+    d_t = effect_size(X_same, Y_same, A, B)
+    assert bootstrap_ci(X_same, Y_same, A, B, n_bootstrap=300, resample="targets") == pytest.approx((d_t, d_t))
+    with pytest.raises(ValueError, match="resample='stimuli'"):
+        speat(X, Y, A, B, n_bootstrap=10, resample="stimuli")
+
+
+def test_speat_difference_paired_known_answers():
+    from s3kit.eval.speat import speat_difference
+
+    rng = np.random.default_rng(9)
+    D = 16
+    pos, neg = rng.normal(size=D), rng.normal(size=D)
+    A, B = pos + 0.5 * rng.normal(size=(20, D)), neg + 0.5 * rng.normal(size=(20, D))
+    noise_x, noise_y = rng.normal(size=(20, D)), rng.normal(size=(20, D))
+    biased = (0.6 * pos + noise_x, 0.6 * neg + noise_y, A, B)
+    neutral = (noise_x, noise_y, A, B)  # the same voices without the planted association
+    res = speat_difference(biased, neutral, n_bootstrap=1000)
+    assert res.rate_a == pytest.approx(effect_size(*biased)) and res.rate_b == pytest.approx(effect_size(*neutral))
+    assert res.diff == pytest.approx(res.rate_a - res.rate_b) and res.ci_low > 0 and res.p < 0.01
+    # the same model twice: every resample gives 0
+    same = speat_difference(biased, tuple(np.array(v) for v in biased), n_bootstrap=200)
+    assert same.diff == 0 and same.ci_low == same.ci_high == 0 and same.p == 1.0
+    # a rotated copy (cosines unchanged) is the same model for SpEAT
+    Q, _ = np.linalg.qr(rng.normal(size=(D, D)))
+    rotated = speat_difference(biased, tuple(v @ Q for v in biased), n_bootstrap=200)
+    assert abs(rotated.diff) < 1e-9 and rotated.p == 1.0

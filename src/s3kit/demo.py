@@ -203,7 +203,7 @@ def _write_card(run: Path, name: str, card: dict) -> None:
 def stage_probe(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) -> dict:
     """Speed/size and SUPERB-style probes of every model; fills the model cards."""
     from s3kit.eval.efficiency import measure
-    from s3kit.eval.probe import ProbeConfig, run_probe
+    from s3kit.eval.probe import ProbeConfig, run_probe, write_predictions
     from s3kit.upstream import load_upstream
 
     subsets = {"ks": "keywords", "ic": "commands", "sid": "keywords", "pr": "pr"}
@@ -222,8 +222,9 @@ def stage_probe(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict])
                              lr=None if task == "pr" else cfg.probe_lr,
                              cache_dir=str(run / "cache" / "features"), device=cfg.device, progress=False)
             r = run_probe(up, task, train, dev, test, pc)
-            card["probe"][task] = {"metric": r.metric, "score": r.test, "dev": r.dev, "updates_to_best": r.updates_to_best,
-                                   "layer_weights": r.layer_weights}
+            write_predictions(r.predictions, run / "models" / name / "predictions" / f"{task}.jsonl.gz")  # paired tests
+            card["probe"][task] = {"metric": r.metric, "score": r.test, "n": r.n, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                                   "dev": r.dev, "updates_to_best": r.updates_to_best, "layer_weights": r.layer_weights}
         _write_card(run, name, card)
         results[name] = card["probe"]
     return results
@@ -319,7 +320,9 @@ def stage_bias(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) 
     names = list(models)
     report = bias([models[n]["upstream"] for n in names], data["speat"], run / "bias", tests=cfg.bias_tests,
                   n_permutations=cfg.permutations, n_bootstrap=2000, layer_permutations=10_000, layer_bootstrap=500,
-                  seed=cfg.seed, device=cfg.device, tsne=True, names=names)
+                  seed=cfg.seed, device=cfg.device, tsne=True, names=names,
+                  reference="teacher" if "teacher" in names else None)
+    versus = {(c["upstream"], c["test"]): c for c in report.get("comparisons", [])}  # d minus the teacher's
     out = {}
     for name, entry in zip(names, report["upstreams"]):
         card = {"bias": {}, "isotropy": entry["isotropy"].get("log10_isotropy") if isinstance(entry["isotropy"], dict) else None}
@@ -327,7 +330,8 @@ def stage_bias(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) 
             agg = res.get("aggregate", res)
             card["bias"][test] = {"d": agg.get("d"), "p": agg.get("p_value", agg.get("p")), "ci_low": agg.get("ci_low"),
                                   "ci_high": agg.get("ci_high"), "magnitude": agg.get("magnitude"),
-                                  "per_layer": [l.get("d") for l in res.get("per_layer", [])]}
+                                  "per_layer": [l.get("d") for l in res.get("per_layer", [])],
+                                  "vs_reference": versus.get((name, test))}
         src = run / "bias" / f"tsne_{name}.png"
         if src.exists():
             dst = run / "models" / name / "tsne.png"

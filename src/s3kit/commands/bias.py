@@ -10,14 +10,17 @@ from s3kit.commands._args import add_bad_audio
 
 def register(sub) -> None:
     from s3kit.eval.bias import DEFAULT_TESTS, LAYER_BOOTSTRAP, LAYER_PERMUTATIONS, TESTS
-    from s3kit.eval.speat import N_BOOTSTRAP, N_PERMUTATIONS
+    from s3kit.eval.speat import N_BOOTSTRAP, N_PERMUTATIONS, RESAMPLE
 
     p = sub.add_parser(
         "bias",
         help="SpEAT social-bias tests and isotropy of upstream embeddings",
         description="Embed SpEAT stimuli with each upstream (time mean per layer), then report the effect size d "
-        "(bias paper eq. 2) with a one-sided permutation p-value and a bootstrap CI for each test, on the layer "
-        "mean and per layer, plus log10 isotropy. Writes bias.json, bias.md and d_per_layer.png (and "
+        "(bias paper eq. 2) with its bootstrap interval and a one-sided permutation p-value, Holm-adjusted over "
+        "the tests of each table, for each test on the layer mean and per layer, plus log10 isotropy; the layer-mean "
+        "d also gets its interval with only targets and only attributes resampled (where the uncertainty comes "
+        "from). With several upstreams, each headline d is compared with --reference's on the same stimuli (paired "
+        "bootstrap, Holm-adjusted). Writes bias.json, bias.md and d_per_layer.png (and "
         "d_across_upstreams.png for several upstreams, e.g. checkpoints over training).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -33,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--layer-permutations", type=int, default=LAYER_PERMUTATIONS, help="permutation draws per layer")
     p.add_argument("--layer-bootstrap", type=int, default=LAYER_BOOTSTRAP, help="bootstrap draws per layer (0: none)")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the bootstrap interval")
+    p.add_argument("--resample", choices=RESAMPLE, default="both",
+                   help="what the bootstrap redraws: target voices, attribute clips, or both (the verdict interval)")
+    p.add_argument("--reference", help="with several upstreams: the one each is compared with (display name; default: the first)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-duration", type=float, default=60.0, help="seconds of audio per batch")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
@@ -49,14 +55,19 @@ def run(args) -> int:
                       n_bootstrap=args.n_bootstrap, layer_permutations=args.layer_permutations,
                       layer_bootstrap=args.layer_bootstrap, level=args.level, seed=args.seed,
                       max_duration=args.max_duration, device=args.device, tsne=args.tsne,
-                      on_bad_audio=args.on_bad_audio, max_bad_share=args.max_bad_share)
+                      on_bad_audio=args.on_bad_audio, max_bad_share=args.max_bad_share,
+                      resample=args.resample, reference=args.reference)
     except ValueError as e:  # bad stimuli / test spec: one clear line
         print(f"s3kit bias: error: {e}", file=sys.stderr)
         return 2
     for up in report["upstreams"]:
-        cells = ", ".join(f"{t} d={r['aggregate']['d']:.2f} (p={r['aggregate']['p_value']:.2g})"
-                          for t, r in up["results"].items())
+        cells = ", ".join(f"{t} d={a['d']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}] "
+                          f"(p={a['p_value']:.2g}, Holm p={a['p_holm']:.2g})"
+                          for t, a in ((t, r["aggregate"]) for t, r in up["results"].items()))
         print(f"{up['name']}: {cells}; log10 IS={up['isotropy']['log10_isotropy']:.1f}")
+    for c in report["comparisons"]:
+        print(f"{c['upstream']} - {c['reference']} {c['test']}: d difference {c['diff']:+.2f} "
+              f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}] (Holm p={c['p_holm']:.2g})")
     for note in report["skipped"]:
         print(f"skipped {note}")
     print(f"report written to {args.out}/bias.md")

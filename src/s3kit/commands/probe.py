@@ -62,7 +62,11 @@ def register(sub) -> None:
         "probe",
         help="SUPERB-style probe of a frozen upstream (KS, IC, SID, ER, PR, ASR)",
         description="Train a weighted-layer probe on cached frozen-upstream features, pick the best dev "
-        "checkpoint, score test; writes results.json, results.md and layer-weight plots to --out. "
+        "checkpoint, score test. Writes to --out: results.json (every run's test score with n and its 95 % "
+        "interval, Wilson for accuracy and an utterance bootstrap for PER / WER; per task, upstream and fraction "
+        "the mean over --seed values with a t interval and each seed's score), results.md (the same as tables), "
+        "predictions.jsonl.gz (every test item of every run, for paired tests with `s3kit compare`) and "
+        "layer-weight plots. "
         "Unset --lr / --max-updates / --eval-every use each task's s3prl default. Extra ProbeConfig "
         "fields as key=value (e.g. lstm_hidden=256).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -96,7 +100,7 @@ def run(args) -> int:
     import dataclasses
 
     from s3kit.config import build
-    from s3kit.eval.probe import TASKS, ProbeConfig, results_table, run_probe, write_results
+    from s3kit.eval.probe import TASKS, ProbeConfig, results_table, run_probe, summary_table, write_results
     from s3kit.upstream import load_upstream
 
     tasks = [t.strip() for t in args.task.split(",") if t.strip()]
@@ -139,5 +143,7 @@ def run(args) -> int:
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in skipped.values()))
         print(f"{len(skipped)} cuts with unusable audio were left out: see {path}")
     print(results_table(results), end="")
+    if len({(r.task, r.fraction) for r in results}) < len(results):
+        print(summary_table(results), end="")
     print(f"results written to {Path(args.out) / 'results.json'}")
     return 0

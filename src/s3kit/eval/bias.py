@@ -14,6 +14,14 @@ that any labelling in the paper's spirit works:
   counts for that test.
 
 A test whose X, Y, A or B is empty is skipped with a note; at least one test must run.
+
+Evidence (docs/bias.md, "Reading d, its interval and p"): each d carries its percentile bootstrap
+interval (``resample``: targets, attributes or both; both by default) and its one-sided
+permutation p; p-values are Holm-adjusted over the tests shown together: the headline table
+(every upstream and test, ``p_holm`` of each aggregate) and each upstream's per-layer table
+(every test and layer). For the headline d the report also gives the interval from each source
+alone (``ci_by_resample``), which says whether the target voices or the few attribute clips
+make d uncertain.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from s3kit.eval.isotropy import isotropy_summary, log10_isotropy
-from s3kit.eval.speat import N_BOOTSTRAP, N_PERMUTATIONS, speat_layers
+from s3kit.eval.speat import N_BOOTSTRAP, N_PERMUTATIONS, RESAMPLE, bootstrap_ci, speat_difference, speat_layers
 
 POSITIVE = frozenset({"positive", "pleasant", "positive_valence", "pos", "attribute_a"})
 NEGATIVE = frozenset({"negative", "unpleasant", "negative_valence", "neg", "attribute_b"})
@@ -64,6 +72,7 @@ DEFAULT_TESTS = ("gender", "age", "native")
 ROLES = BiasTest("roles", ROLE_X, ROLE_Y, frozenset())
 LAYER_PERMUTATIONS = 100_000  # per-layer tests: fewer draws than the headline to keep L x tests fast
 LAYER_BOOTSTRAP = 2_000
+ALPHA = 0.05  # family-wise level of each table's Holm-adjusted p-values
 
 
 def parse_tests(spec: str | list[str] | tuple[str, ...]) -> list[BiasTest]:
@@ -217,34 +226,115 @@ def _fmt_p(p: float) -> str:
     return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
 
 
+def _ci(lo, hi) -> str:
+    return f"[{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def _ns(p_holm) -> str:
+    return " n.s." if p_holm is None or p_holm >= ALPHA else ""
+
+
+def _compare_upstreams(report, layer_means, run, targets, A, B, reference, n_bootstrap, level, seed, resample):
+    """Each upstream's headline d minus the reference upstream's, per test (paired bootstrap)."""
+    from s3kit.eval.stats import holm
+
+    names = [u["name"] for u in report["upstreams"]]
+    if reference is not None and reference not in names:
+        raise ValueError(f"bias: reference {reference!r} is not among the upstreams {names}")
+    if len(names) < 2 or n_bootstrap <= 0:
+        return []
+    ref = reference or names[0]
+    rows = []
+    for name in names:
+        if name == ref:
+            continue
+        for t in run:
+            ix, iy = targets[t.name]
+            sets = [(e[ix], e[iy], e[A], e[B]) for e in (layer_means[name], layer_means[ref])]
+            res = speat_difference(*sets, n_bootstrap=n_bootstrap, seed=seed + 2, level=level, resample=resample)
+            rows.append({"upstream": name, "reference": ref, "test": t.name, "diff": res.diff, "ci_low": res.ci_low,
+                         "ci_high": res.ci_high, "p": res.p, "d": res.rate_a, "d_reference": res.rate_b})
+    for row, q in zip(rows, holm([r["p"] for r in rows])):
+        row["p_holm"] = q
+    return rows
+
+
+def add_holm(report: dict) -> None:
+    """Holm-adjust the permutation p-values of ``report`` in place: one family for the headline
+    table (every upstream x test aggregate), one per upstream for its per-layer table."""
+    from s3kit.eval.stats import holm
+
+    aggs = [up["results"][t]["aggregate"] for up in report["upstreams"] for t in up["results"]]
+    for r, p in zip(aggs, holm([r["p_value"] for r in aggs])):
+        r["p_holm"] = p
+    for up in report["upstreams"]:
+        layers = [r for t in up["results"] for r in up["results"][t]["per_layer"]]
+        if layers:
+            for r, p in zip(layers, holm([r["p_value"] for r in layers])):
+                r["p_holm"] = p
+
+
 def write_markdown(report: dict, path: Path) -> None:
-    """Headline table (paper Table 3 layout: upstreams x tests) plus per-layer tables."""
+    """Headline table (paper Table 3 layout: upstreams x tests) with d, its interval and the
+    Holm-adjusted p; where the headline interval's uncertainty comes from; per-layer tables."""
     tests = list(report["tests"])
+    st = report["settings"]
+    resample = st.get("resample", "both")
     lines = ["# SpEAT bias", "",
              f"Stimuli: `{report['stimuli']}`. d = eq. (2) of the bias paper on time-averaged, layer-averaged "
-             f"embeddings; p = one-sided permutation test; CI = {int(report['settings']['level'] * 100)} % "
-             "percentile bootstrap; |d| 0.2 / 0.5 / 0.8 = small / medium / large.", ""]
+             f"embeddings, with its {int(st['level'] * 100)} % percentile bootstrap interval ({st['n_bootstrap']} "
+             f"resamples of the {'targets and attributes' if resample == 'both' else resample}); p = one-sided "
+             "permutation test of the targets (attributes fixed), Holm p = adjusted over the tests of the same table; "
+             f"n.s. = Holm p >= {ALPHA:g}. |d| 0.2 / 0.5 / 0.8 = small / medium / large. A bias claim needs "
+             "Holm p < 0.05 and an interval (targets and attributes resampled) that excludes 0.", ""]
     for name, t in report["tests"].items():
         lines.append(f"- **{name}**: X = {t['x']} ({t['n_x']}), Y = {t['y']} ({t['n_y']}); "
                      f"A = positive ({report['n_a']}), B = negative ({report['n_b']})")
     for note in report.get("skipped", []):
         lines.append(f"- skipped: {note}")
-    lines += ["", "| upstream | " + " | ".join(tests) + " | log10 IS |",
+    lines += ["", "| upstream | " + " | ".join(f"{t}: d [CI] (p, Holm p)" for t in tests) + " | log10 IS |",
               "|---|" + "---|" * (len(tests) + 1)]
     for up in report["upstreams"]:
         cells = []
         for t in tests:
             r = up["results"][t]["aggregate"]
-            cells.append(f"{_fmt(r['d'])} (p={_fmt_p(r['p_value'])}, [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}], "
-                         f"{r['magnitude']})")
+            cells.append(f"{_fmt(r['d'])} {_ci(r['ci_low'], r['ci_high'])} (p={_fmt_p(r['p_value'])}, "
+                         f"Holm p={_fmt_p(r.get('p_holm', r['p_value']))}, {r['magnitude']}){_ns(r.get('p_holm'))}")
         lines.append(f"| {up['name']} | " + " | ".join(cells) + f" | {_fmt(up['isotropy']['log10_isotropy'], 1)} |")
+    comps = report.get("comparisons") or []
+    if comps:
+        ref = comps[0]["reference"]
+        lines += ["", f"## Each upstream against {ref}", "",
+                  f"Headline d minus the d of {ref} on the same stimuli: paired bootstrap (the same resample of "
+                  f"stimuli for both), two-sided p, Holm-adjusted over the {len(comps)} comparisons.", "",
+                  "| upstream | test | d | d of reference | difference [CI] | p | Holm p |", "|---|---|---|---|---|---|---|"]
+        for c in comps:
+            lines.append(f"| {c['upstream']} | {c['test']} | {_fmt(c['d'])} | {_fmt(c['d_reference'])} | "
+                         f"{c['diff'] + 0.0:+.2f} {_ci(c['ci_low'], c['ci_high'])} | {_fmt_p(c['p'])} | "
+                         f"{_fmt_p(c['p_holm'])}{_ns(c['p_holm'])} |")
+    sources = [(up, t) for up in report["upstreams"] for t in tests
+               if up["results"][t]["aggregate"].get("ci_by_resample")]
+    if sources:
+        lines += ["", "## Where the uncertainty of d comes from", "",
+                  "The headline d's interval with only the target voices redrawn (attributes fixed: what the "
+                  "permutation p asks), only the attribute clips redrawn, and both.", "",
+                  "| upstream | test | d | targets only | attributes only | both |", "|---|---|---|---|---|---|"]
+        for up, t in sources:
+            r = up["results"][t]["aggregate"]
+            c = r["ci_by_resample"]
+            lines.append(f"| {up['name']} | {t} | {_fmt(r['d'])} | " + " | ".join(
+                _ci(*c[k]) if c.get(k) else "–" for k in RESAMPLE) + " |")
     for up in report["upstreams"]:
         lines += ["", f"## {up['name']}: d per layer", "",
-                  "| layer | " + " | ".join(f"{t} d (p)" for t in tests) + " | log10 IS |",
+                  f"Holm p over the {len(tests)} x {up['num_layers']} tests of this table.", "",
+                  "| layer | " + " | ".join(f"{t} d (p, Holm p)" for t in tests) + " | log10 IS |",
                   "|---|" + "---|" * (len(tests) + 1)]
         for l in range(up["num_layers"]):
-            cells = [f"{_fmt(up['results'][t]['per_layer'][l]['d'])} ({_fmt_p(up['results'][t]['per_layer'][l]['p_value'])})"
-                     for t in tests]
+            cells = []
+            for t in tests:
+                r = up["results"][t]["per_layer"][l]
+                cells.append(f"{_fmt(r['d'])} (p={_fmt_p(r['p_value'])}, Holm p={_fmt_p(r.get('p_holm', r['p_value']))})"
+                             f"{_ns(r.get('p_holm'))}")
             lines.append(f"| {up['layers'][l]} | " + " | ".join(cells)
                          + f" | {_fmt(up['isotropy_per_layer'][l], 1)} |")
     path.write_text("\n".join(lines) + "\n")
@@ -308,13 +398,20 @@ def bias(upstreams: list[str], stimuli: str | Path, out: str | Path, tests: str 
          n_permutations: int = N_PERMUTATIONS, n_bootstrap: int = N_BOOTSTRAP,
          layer_permutations: int = LAYER_PERMUTATIONS, layer_bootstrap: int = LAYER_BOOTSTRAP, level: float = 0.95,
          seed: int = 0, max_duration: float = 60.0, device: str = "auto", tsne: bool = False,
-         names: list[str] | None = None, on_bad_audio: str = "error", max_bad_share: float = 0.01) -> dict:
+         names: list[str] | None = None, on_bad_audio: str = "error", max_bad_share: float = 0.01,
+         resample: str = "both", reference: str | None = None) -> dict:
     """SpEAT d / p / CI per test, aggregated over layers and per layer, plus isotropy, for each
     upstream (names or paths for ``s3kit.upstream.load_upstream``) on ``stimuli``.
 
     Writes ``bias.json``, ``bias.md``, ``d_per_layer.png`` (and ``d_across_upstreams.png`` for
     several upstreams, ``tsne_<name>.png`` with ``tsne``) under ``out``; returns the JSON dict.
-    ``names``: display names of the upstreams (default: from their paths).
+    ``names``: display names of the upstreams (default: from their paths). ``resample``: what the
+    bootstrap intervals redraw (targets, attributes or both; :func:`s3kit.eval.speat.speat`); the
+    headline d also gets the interval of each source alone (``ci_by_resample``). p-values are
+    Holm-adjusted per table (:func:`add_holm`). With several upstreams, each one's headline d is
+    compared with the ``reference`` upstream's (a display name; default: the first) on the same
+    stimuli: the difference with a paired bootstrap interval and p (:func:`s3kit.eval.speat.speat_difference`),
+    Holm-adjusted over the comparisons (``report["comparisons"]``).
     ``on_bad_audio="skip"``: unusable stimuli are left out before the tests are formed (the same
     stimuli for every upstream) and listed in ``out/skipped_audio.jsonl``; the default stops.
     """
@@ -356,14 +453,18 @@ def bias(upstreams: list[str], stimuli: str | Path, out: str | Path, tests: str 
                            "n_x": len(targets[t.name][0]), "n_y": len(targets[t.name][1])} for t in run},
         "n_a": len(A), "n_b": len(B), "skipped": skipped,
         "settings": dict(n_permutations=n_permutations, n_bootstrap=n_bootstrap, layer_permutations=layer_permutations,
-                         layer_bootstrap=layer_bootstrap, level=level, seed=seed),
+                         layer_bootstrap=layer_bootstrap, level=level, seed=seed, resample=resample),
         "upstreams": [],
     }
     taken: set[str] = set()
+    layer_means = {}  # name -> [N, D] layer-mean embeddings, for the paired comparisons
     if names is not None and len(names) != len(upstreams):
         raise ValueError(f"bias: {len(names)} names for {len(upstreams)} upstreams")
+    display = list(names) if names is not None else [_display_name(str(spec), taken) for spec in upstreams]
+    if reference is not None and reference not in display:
+        raise ValueError(f"bias: reference {reference!r} is not among the upstreams {display}")
     for i, spec in enumerate(upstreams):
-        name = names[i] if names is not None else _display_name(str(spec), taken)
+        name = display[i]
         upstream = load_upstream(spec)
         emb = utterance_embeddings(upstream, cuts, max_duration=max_duration, device=device)  # (N, L, D)
         entry = {"name": name, "upstream": str(spec), "num_layers": emb.shape[1], "layers": list(range(emb.shape[1])),
@@ -372,7 +473,16 @@ def bias(upstreams: list[str], stimuli: str | Path, out: str | Path, tests: str 
             ix, iy = targets[t.name]
             entry["results"][t.name] = speat_layers(
                 emb[ix], emb[iy], emb[A], emb[B], n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed,
-                level=level, layer_permutations=layer_permutations, layer_bootstrap=layer_bootstrap).to_dict()
+                level=level, layer_permutations=layer_permutations, layer_bootstrap=layer_bootstrap,
+                resample=resample).to_dict()
+            if n_bootstrap > 0:  # the headline interval from each source alone, and both
+                m = [emb[ix].mean(1), emb[iy].mean(1), emb[A].mean(1), emb[B].mean(1)]
+                agg = entry["results"][t.name]["aggregate"]
+                agg["ci_by_resample"] = {
+                    k: [agg["ci_low"], agg["ci_high"]] if k == resample
+                    else list(bootstrap_ci(*m, n_bootstrap=n_bootstrap, level=level, seed=seed + 1, resample=k))
+                    for k in RESAMPLE}
+        layer_means[name] = np.asarray(emb.mean(1), dtype=np.float64)
         # Isotropy of all stimuli's utterance embeddings: layer mean (headline) and each layer.
         entry["isotropy"] = isotropy_summary(emb.mean(1)).to_dict()
         entry["isotropy_per_layer"] = [log10_isotropy(emb[:, l]) for l in range(emb.shape[1])]
@@ -383,6 +493,9 @@ def bias(upstreams: list[str], stimuli: str | Path, out: str | Path, tests: str 
             tsne_plot(emb.mean(1), labels, out / f"tsne_{safe}.png", title=f"{name}: stimuli (layer mean)", seed=seed)
         report["upstreams"].append(entry)
         del upstream
+    report["comparisons"] = _compare_upstreams(report, layer_means, run, targets, A, B, reference, n_bootstrap,
+                                               level, seed, resample)
+    add_holm(report)
     (out / "bias.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
     write_markdown(report, out / "bias.md")
     plot_layers(report, out / "d_per_layer.png")

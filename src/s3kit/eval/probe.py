@@ -577,36 +577,76 @@ def run_probe(upstream, task: str, train, dev, test, cfg: ProbeConfig = ProbeCon
 # ----------------------------------------------------------------------------------- output
 
 
+def _score(r: ProbeResult) -> str:
+    """House style ``0.868 [0.727, 0.942], n=38`` of a probe's test score."""
+    from s3kit.eval.stats import format_score
+
+    return format_score(r.test, r.ci_low, r.ci_high, r.n)
+
+
 def results_table(results: list[ProbeResult]) -> str:
-    """A Markdown table: one row per probe (metrics in %; PER / WER lower is better)."""
+    """A Markdown table: one row per probe; the test score with its 95 % interval and test items
+    (Wilson for accuracy, utterance bootstrap for PER / WER, lower is better)."""
     lines = [
-        "| task | upstream | metric | test | dev | updates-to-best | updates | lr | fraction | seed | train |",
+        "| task | upstream | metric | test [95 % CI], n | dev | updates-to-best | updates | lr | fraction | seed | train |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         arrow = "↑" if r.higher_is_better else "↓"
         lines.append(
-            f"| {r.task} | {r.upstream} | {r.metric} {arrow} | {100 * r.test:.2f} | {100 * r.dev:.2f} | "
+            f"| {r.task} | {r.upstream} | {r.metric} {arrow} | {_score(r)} | {r.dev:.3f} | "
             f"{r.updates_to_best} | {r.updates} | {r.lr:g} | {r.fraction:g} | {r.seed} | {r.num_train} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def summary_table(results: list[ProbeResult]) -> str:
-    """Mean ± sample std over seeds of test score and updates-to-best, per (task, upstream, fraction)."""
-    import statistics
+def seed_groups(results: list[ProbeResult]) -> list[dict]:
+    """One entry per (task, upstream, fraction, lr setting): the test score over seeds as mean, sample
+    sd and t interval (:func:`s3kit.eval.stats.seed_summary`), the same for updates-to-best, and
+    every seed's own score with its interval. One seed: sd and interval are ``None``."""
+    from s3kit.eval.stats import seed_summary
 
     groups: dict[tuple, list[ProbeResult]] = {}
     for r in results:
         groups.setdefault((r.task, r.upstream, r.fraction), []).append(r)
-    lines = ["| task | upstream | fraction | seeds | test (mean ± std) | updates-to-best (mean ± std) |",
-             "|---|---|---:|---:|---:|---:|"]
+    out = []
     for (task, up, frac), rs in groups.items():
-        tests = [100 * r.test for r in rs]
-        upd = [r.updates_to_best for r in rs]
-        sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-        lines.append(f"| {task} | {up} | {frac:g} | {len(rs)} | {statistics.mean(tests):.2f} ± {sd(tests):.2f} | "
-                     f"{statistics.mean(upd):.0f} ± {sd(upd):.0f} |")
+        out.append({
+            "task": task, "upstream": up, "metric": rs[0].metric, "higher_is_better": rs[0].higher_is_better,
+            "fraction": frac, "seeds": [r.seed for r in rs], "n_items": rs[0].n,
+            "test": _finite(seed_summary([r.test for r in rs]).as_dict()),
+            "updates_to_best": _finite(seed_summary([r.updates_to_best for r in rs]).as_dict()),
+            "per_seed": [{"seed": r.seed, "test": r.test, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n}
+                         for r in rs],
+        })
+    return out
+
+
+def _finite(d: dict) -> dict:
+    """NaN (no spread from one seed) -> None, so results.json is strict JSON."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def _seed_str(s: dict, digits: int = 3) -> str:
+    """``0.861 [0.812, 0.910], 3 seeds`` (t interval over seeds; ``n.a.`` for one seed)."""
+    if s["ci_low"] is None:
+        return f"{s['mean']:.{digits}f} [n.a.], {s['n']} seed"
+    return f"{s['mean']:.{digits}f} [{s['ci_low']:.{digits}f}, {s['ci_high']:.{digits}f}], {s['n']} seeds"
+
+
+def summary_table(results: list[ProbeResult]) -> str:
+    """Per (task, upstream, fraction): the mean test score over seeds with its 95 % t interval, each
+    seed's score with its own interval, and updates-to-best the same way (:func:`seed_groups`)."""
+    lines = ["| task | upstream | fraction | test over seeds: mean [95 % t CI] | per seed: test [95 % CI], n | "
+             "updates-to-best: mean [95 % t CI] |",
+             "|---|---|---:|---:|---|---:|"]
+    from s3kit.eval.stats import format_score
+
+    for g in seed_groups(results):
+        per_seed = "; ".join(f"seed {p['seed']}: {format_score(p['test'], p['ci_low'], p['ci_high'], p['n'])}"
+                             for p in g["per_seed"])
+        lines.append(f"| {g['task']} | {g['upstream']} | {g['fraction']:g} | {_seed_str(g['test'])} | {per_seed} | "
+                     f"{_seed_str(g['updates_to_best'], 0)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -631,23 +671,52 @@ def plot_layer_weights(result: ProbeResult, path: str | Path) -> Path:
     return path
 
 
+def write_predictions(rows: list[dict], path: str | Path) -> Path:
+    """Per-item results (:func:`predict`, optionally with run fields such as task and seed) as
+    gzipped JSON lines, written atomically; read back with :func:`read_predictions`."""
+    import gzip
+
+    from s3kit.checkpoint import write_atomic
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    write_atomic(path, gzip.compress(text.encode(), mtime=0))
+    return path
+
+
+def read_predictions(path: str | Path) -> list[dict]:
+    """The rows of a ``predictions.jsonl.gz`` (:func:`write_predictions`), with a clear error for a
+    file that is missing or is not one."""
+    import gzip
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no per-item predictions; `s3kit probe` writes predictions.jsonl.gz "
+                                "next to results.json (rerun the probe with this version of s3kit)")
+    try:
+        return [json.loads(line) for line in gzip.decompress(path.read_bytes()).decode().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not gzipped JSON lines of per-item predictions ({e})") from e
+
+
 def write_results(results: list[ProbeResult], out_dir: str | Path) -> dict[str, Path]:
     """``results.json``, ``results.md``, ``predictions.jsonl.gz`` (one line per test item of every
     probe: task, upstream, fraction, seed, lr and the item's result) and
-    ``layer_weights_<task>[_<n>].png`` in ``out_dir``."""
-    import gzip
+    ``layer_weights_<task>[_<n>].png`` in ``out_dir``.
 
+    ``results.json`` is ``{"runs": [...], "summary": [...]}``: one entry per probe
+    (:meth:`ProbeResult.to_dict`, the test score with ``n``, ``ci_low``, ``ci_high``) and one per
+    (task, upstream, fraction) over its seeds (:func:`seed_groups`)."""
     from s3kit.checkpoint import write_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md", "predictions": out / "predictions.jsonl.gz"}
-    write_atomic(paths["json"], json.dumps([r.to_dict() for r in results], indent=2))
-    lines = [
-        json.dumps({"task": r.task, "upstream": r.upstream, "fraction": r.fraction, "seed": r.seed, "lr": r.lr, **item})
-        for r in results for item in r.predictions
-    ]
-    write_atomic(paths["predictions"], gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0))
+    doc = {"runs": [_finite(r.to_dict()) for r in results], "summary": seed_groups(results)}
+    write_atomic(paths["json"], json.dumps(doc, indent=2))
+    write_predictions([{"task": r.task, "upstream": r.upstream, "fraction": r.fraction, "seed": r.seed, "lr": r.lr,
+                        **item} for r in results for item in r.predictions], paths["predictions"])
     text = results_table(results)
     if len({(r.task, r.upstream, r.fraction) for r in results}) < len(results):  # several seeds somewhere
         text += "\n" + summary_table(results)

@@ -10,7 +10,12 @@ attribute sets (positive / negative valence), each ``[n, D]`` (numpy arrays or t
 * one-sided permutation p-value on re-partitions of ``X u Y`` into sizes ``|X|``, ``|Y|``
   (statistic ``sum_{x in X'} s(x)``; exact when the number of partitions fits in
   ``n_permutations``, otherwise sampled with one add-one pseudo-count, ties counted as ``>=``);
-* percentile bootstrap confidence interval of ``d`` (targets and attributes resampled).
+* percentile bootstrap confidence interval of ``d``. ``resample`` says which stimuli are
+  redrawn, and so which uncertainty the interval covers: ``"targets"`` (other voices of the
+  same groups, attributes fixed: the question the permutation p answers), ``"attributes"``
+  (other valence stimuli, targets fixed), or ``"both"`` (the default, and the interval a
+  verdict needs: the attribute sets are samples too, and with a handful of attribute clips
+  they often dominate the width).
 
 Everything is computed in float64 from one cosine matrix ``[|X|+|Y|, |A|+|B|]``, so the
 permutation and bootstrap loops are matrix operations over chunks of draws.
@@ -32,6 +37,7 @@ MAGNITUDE_THRESHOLDS = ((0.8, "large"), (0.5, "medium"), (0.2, "small"))
 # SpEAT's scripts draw one million permutations per test (REFERENCE-NOTES §C).
 N_PERMUTATIONS = 1_000_000
 N_BOOTSTRAP = 10_000
+RESAMPLE = ("targets", "attributes", "both")  # what the bootstrap redraws (module docstring)
 _CHUNK = 20_000  # draws per vectorised chunk: bounds memory at CHUNK x N numbers
 
 
@@ -138,14 +144,30 @@ def permutation_p(X, Y, A, B, n_permutations: int = N_PERMUTATIONS, seed: int = 
     return _permutation_p_from_s(s, len(X), n_permutations, seed)[0]
 
 
+def _check_resample(resample: str) -> None:
+    if resample not in RESAMPLE:
+        raise ValueError(f"resample={resample!r}: choose one of {', '.join(RESAMPLE)}")
+
+
 def _bootstrap_d(cos_xy_a: np.ndarray, cos_xy_b: np.ndarray, n_x: int, n: int, seed: int,
-                 resample_attributes: bool = True) -> np.ndarray:
-    """``[n]`` bootstrap replicates of d from cosines ``[N, Na]`` and ``[N, Nb]`` of X u Y."""
+                 resample: str = "both") -> np.ndarray:
+    """``[n]`` bootstrap replicates of d from cosines ``[N, Na]`` and ``[N, Nb]`` of X u Y,
+    redrawing targets (within X and within Y), attributes (within A and within B) or both."""
+    return _bootstrap_d_paired([(cos_xy_a, cos_xy_b)], n_x, n, seed, resample)[0]
+
+
+def _bootstrap_d_paired(cosines: list[tuple[np.ndarray, np.ndarray]], n_x: int, n: int, seed: int,
+                        resample: str = "both") -> np.ndarray:
+    """``[M, n]`` bootstrap replicates of d for ``M`` models' cosines ``(cos_a [N, Na], cos_b [N, Nb])``
+    of the same stimuli, every resample applied to all models alike (a paired bootstrap)."""
+    _check_resample(resample)
+    resample_attributes = resample in ("attributes", "both")
+    resample_targets = resample in ("targets", "both")
     rng = np.random.default_rng(seed)
-    N, n_a = cos_xy_a.shape
-    n_b = cos_xy_b.shape[1]
+    N, n_a = cosines[0][0].shape
+    n_b = cosines[0][1].shape[1]
     n_y = N - n_x
-    out = np.empty(n)
+    out = np.empty((len(cosines), n))
     done = 0
     while done < n:
         c = min(_CHUNK // 4, n - done)
@@ -153,37 +175,44 @@ def _bootstrap_d(cos_xy_a: np.ndarray, cos_xy_b: np.ndarray, n_x: int, n: int, s
             # Multinomial counts / size = the weights of a with-replacement resample: [Na, c].
             w_a = rng.multinomial(n_a, np.full(n_a, 1.0 / n_a), size=c).T / n_a
             w_b = rng.multinomial(n_b, np.full(n_b, 1.0 / n_b), size=c).T / n_b
-            s = cos_xy_a @ w_a - cos_xy_b @ w_b  # (N, c)
-        else:
-            s = np.repeat((cos_xy_a.mean(1) - cos_xy_b.mean(1))[:, None], c, axis=1)
         # Resample targets within each group; counts [c, N] weight the rows of s.
-        counts = np.concatenate([rng.multinomial(n_x, np.full(n_x, 1.0 / n_x), size=c),
-                                 rng.multinomial(n_y, np.full(n_y, 1.0 / n_y), size=c)], axis=1).astype(np.float64)
-        s = s.T  # (c, N)
-        mean_x = (counts[:, :n_x] * s[:, :n_x]).sum(1) / n_x
-        mean_y = (counts[:, n_x:] * s[:, n_x:]).sum(1) / n_y
-        mean_all = (counts * s).sum(1) / N
-        var = (counts * (s - mean_all[:, None]) ** 2).sum(1) / (N - 1)  # ddof=1 over the resample
-        std = np.sqrt(var)
-        out[done:done + c] = np.where(std > 0, (mean_x - mean_y) / np.where(std > 0, std, 1.0), 0.0)
+        if resample_targets:
+            counts = np.concatenate([rng.multinomial(n_x, np.full(n_x, 1.0 / n_x), size=c),
+                                     rng.multinomial(n_y, np.full(n_y, 1.0 / n_y), size=c)], axis=1).astype(np.float64)
+        else:
+            counts = np.ones((c, N))
+        for m, (cos_xy_a, cos_xy_b) in enumerate(cosines):
+            if resample_attributes:
+                s = cos_xy_a @ w_a - cos_xy_b @ w_b  # (N, c)
+            else:
+                s = np.repeat((cos_xy_a.mean(1) - cos_xy_b.mean(1))[:, None], c, axis=1)
+            s = s.T  # (c, N)
+            mean_x = (counts[:, :n_x] * s[:, :n_x]).sum(1) / n_x
+            mean_y = (counts[:, n_x:] * s[:, n_x:]).sum(1) / n_y
+            mean_all = (counts * s).sum(1) / N
+            var = (counts * (s - mean_all[:, None]) ** 2).sum(1) / (N - 1)  # ddof=1 over the resample
+            std = np.sqrt(var)
+            out[m, done:done + c] = np.where(std > 0, (mean_x - mean_y) / np.where(std > 0, std, 1.0), 0.0)
         done += c
     return out
 
 
 def bootstrap_ci(X, Y, A, B, n_bootstrap: int = N_BOOTSTRAP, level: float = 0.95, seed: int = 0,
-                 resample_attributes: bool = True) -> tuple[float, float]:
+                 resample: str = "both") -> tuple[float, float]:
     """Percentile bootstrap interval ``(low, high)`` of d at ``level``.
 
-    Each replicate resamples X, Y (and, by default, A, B) with replacement within its set and
-    recomputes eq. (2). Shapes as :func:`effect_size`.
+    Each replicate redraws, with replacement within its set, the targets X, Y (``"targets"``),
+    the attributes A, B (``"attributes"``) or all four (``"both"``) and recomputes eq. (2).
+    Shapes as :func:`effect_size`.
     """
+    _check_resample(resample)
     if not 0 < level < 1:
         raise ValueError(f"bootstrap level must be in (0, 1), got {level}")
     _validate_sizes(X, Y)
     X, Y, A, B = (_as_matrix(v, k) for v, k in ((X, "X"), (Y, "Y"), (A, "A"), (B, "B")))
     _check_dims(X=X, Y=Y, A=A, B=B)
     W = _unit(np.concatenate([X, Y]))
-    reps = _bootstrap_d(W @ _unit(A).T, W @ _unit(B).T, len(X), n_bootstrap, seed, resample_attributes)
+    reps = _bootstrap_d(W @ _unit(A).T, W @ _unit(B).T, len(X), n_bootstrap, seed, resample)
     lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
@@ -212,6 +241,7 @@ class SpeatResult:
     exact: bool  # p from full enumeration rather than sampled partitions
     n_permutations: int  # partitions counted (all of them when exact)
     level: float = 0.95
+    resample: str = "both"  # what the interval's bootstrap redrew: targets, attributes or both
 
     @property
     def p(self) -> float:
@@ -222,12 +252,16 @@ class SpeatResult:
 
 
 def speat(X, Y, A, B, n_permutations: int = N_PERMUTATIONS, n_bootstrap: int = N_BOOTSTRAP,
-          seed: int = 0, level: float = 0.95) -> SpeatResult:
+          seed: int = 0, level: float = 0.95, resample: str = "both") -> SpeatResult:
     """Full SpEAT test of targets X ``[Nx, D]``, Y ``[Ny, D]`` against attributes A ``[Na, D]``,
     B ``[Nb, D]``: d (eq. 2), one-sided permutation p, percentile bootstrap CI at ``level``.
 
+    ``resample``: which stimuli the bootstrap redraws, ``"targets"``, ``"attributes"`` or
+    ``"both"`` (module docstring); comparing the three says where the uncertainty of d comes
+    from. The permutation p re-partitions the targets with the attributes fixed.
     ``n_bootstrap=0`` skips the interval (NaN bounds).
     """
+    _check_resample(resample)
     _validate_sizes(X, Y)
     X, Y, A, B = (_as_matrix(v, k) for v, k in ((X, "X"), (Y, "Y"), (A, "A"), (B, "B")))
     _check_dims(X=X, Y=Y, A=A, B=B)
@@ -238,12 +272,13 @@ def speat(X, Y, A, B, n_permutations: int = N_PERMUTATIONS, n_bootstrap: int = N
     d = _d_from_s(s[:n_x], s[n_x:])
     p, exact, counted = _permutation_p_from_s(s, n_x, n_permutations, seed)
     if n_bootstrap > 0:
-        reps = _bootstrap_d(cos_a, cos_b, n_x, n_bootstrap, seed + 1)
+        reps = _bootstrap_d(cos_a, cos_b, n_x, n_bootstrap, seed + 1, resample)
         lo, hi = (float(q) for q in np.quantile(reps, [(1 - level) / 2, (1 + level) / 2]))
     else:
         lo = hi = float("nan")
     return SpeatResult(d=d, p_value=p, ci_low=lo, ci_high=hi, magnitude=magnitude(d), n_x=n_x, n_y=len(Y),
-                       n_a=len(A), n_b=len(B), exact=exact, n_permutations=counted, level=level)
+                       n_a=len(A), n_b=len(B), exact=exact, n_permutations=counted, level=level,
+                       resample=resample)
 
 
 @dataclass
@@ -270,7 +305,7 @@ def _as_layered(x, name: str) -> np.ndarray:
 
 def speat_layers(X, Y, A, B, n_permutations: int = N_PERMUTATIONS, n_bootstrap: int = N_BOOTSTRAP,
                  seed: int = 0, level: float = 0.95, layer_permutations: int | None = None,
-                 layer_bootstrap: int | None = None) -> LayerwiseSpeat:
+                 layer_bootstrap: int | None = None, resample: str = "both") -> LayerwiseSpeat:
     """SpEAT on time-averaged per-layer embeddings ``[n, L, D]`` for each of X, Y, A, B.
 
     ``aggregate`` tests the mean over layers (paper Sec. 2.2: "averaging the embeddings within
@@ -284,7 +319,38 @@ def speat_layers(X, Y, A, B, n_permutations: int = N_PERMUTATIONS, n_bootstrap: 
         raise ValueError(f"SpEAT sets have different layer counts {sorted(layers)}")
     n_perm_l = n_permutations if layer_permutations is None else layer_permutations
     n_boot_l = n_bootstrap if layer_bootstrap is None else layer_bootstrap
-    aggregate = speat(X.mean(1), Y.mean(1), A.mean(1), B.mean(1), n_permutations, n_bootstrap, seed, level)
-    per_layer = [speat(X[:, l], Y[:, l], A[:, l], B[:, l], n_perm_l, n_boot_l, seed, level)
+    aggregate = speat(X.mean(1), Y.mean(1), A.mean(1), B.mean(1), n_permutations, n_bootstrap, seed, level, resample)
+    per_layer = [speat(X[:, l], Y[:, l], A[:, l], B[:, l], n_perm_l, n_boot_l, seed, level, resample)
                  for l in range(X.shape[1])]
     return LayerwiseSpeat(aggregate=aggregate, per_layer=per_layer)
+
+
+def speat_difference(first: tuple, second: tuple, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
+                     level: float = 0.95, resample: str = "both"):
+    """d of one model minus d of another on the same stimuli, with a paired bootstrap interval and p.
+
+    ``first`` and ``second`` are ``(X, Y, A, B)`` embeddings of the same stimuli by two models
+    (rows in the same order; widths may differ). Each resample draws one set of stimulus indices
+    (within X, Y, and / or A, B as ``resample`` says) and applies it to both models, so what the
+    stimuli share cancels. Returns :class:`s3kit.eval.stats.PairedBootstrap` (``diff``,
+    ``ci_low``, ``ci_high``, two-sided ``p``, ``n`` = target stimuli, ``rate_a`` / ``rate_b`` = the
+    two d's).
+    """
+    from s3kit.eval.stats import _paired_result
+
+    _check_resample(resample)
+    cos = []
+    for model in (first, second):
+        X, Y, A, B = (_as_matrix(v, k) for v, k in zip(model, "XYAB"))
+        _check_dims(X=X, Y=Y, A=A, B=B)
+        W = _unit(np.concatenate([X, Y]))
+        cos.append((W @ _unit(A).T, W @ _unit(B).T, len(X)))
+    (ca1, cb1, n_x), (ca2, cb2, n_x2) = cos
+    if ca1.shape[0] != ca2.shape[0] or n_x != n_x2 or ca1.shape[1] != ca2.shape[1] or cb1.shape[1] != cb2.shape[1]:
+        raise ValueError("speat_difference: the two models must embed the same stimuli (same set sizes)")
+    n_y = ca1.shape[0] - n_x
+    _validate_sizes(range(n_x), range(n_y))
+    d1 = _d_from_s(ca1.mean(1)[:n_x] - cb1.mean(1)[:n_x], ca1.mean(1)[n_x:] - cb1.mean(1)[n_x:])
+    d2 = _d_from_s(ca2.mean(1)[:n_x] - cb2.mean(1)[:n_x], ca2.mean(1)[n_x:] - cb2.mean(1)[n_x:])
+    reps = _bootstrap_d_paired([(ca1, cb1), (ca2, cb2)], n_x, n_bootstrap, seed, resample)
+    return _paired_result(d1 - d2, reps[0] - reps[1], level, n_x + n_y, d1, d2)
