@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 SPLITS = ("train", "dev", "test")
-SPLIT_ALIASES = {"dev": ("dev", "valid", "validation")}
+# QbE: "train" is the document set (QUESST "docs"), "test" its "eval" queries
+SPLIT_ALIASES = {"train": ("train", "docs"), "dev": ("dev", "valid", "validation"), "test": ("test", "eval")}
 
 
 def _floats(text: str) -> list[float]:
@@ -27,7 +28,8 @@ def find_manifests(data: str | Path, subset: str) -> dict[str, Path]:
     """``{train, dev, test}`` manifests for ``subset`` under ``data``.
 
     Looks for ``<subset>_<split>.jsonl.gz`` in ``data`` and ``data/manifests``, then
-    ``<subset>/<split>.jsonl.gz``; ``dev`` may also be named ``valid`` / ``validation``.
+    ``<subset>/<split>.jsonl.gz``; ``dev`` may also be named ``valid`` / ``validation``, ``test``
+    ``eval`` and ``train`` ``docs`` (QbE's searched documents).
     """
     data = Path(data)
     found, tried = {}, []
@@ -53,11 +55,12 @@ def find_manifests(data: str | Path, subset: str) -> dict[str, Path]:
 
 def register(sub) -> None:
     from s3kit.eval.probe import TASKS, ProbeConfig
+    from s3kit.eval.tasks import EXTRA_TASKS
 
     d = ProbeConfig()
     p = sub.add_parser(
         "probe",
-        help="SUPERB-style probe of a frozen upstream (KS, IC, SID, ER, PR, ASR)",
+        help="SUPERB-style probe of a frozen upstream (KS, IC, SID, ER, PR, ASR, SD, SF, QbE, ENV, MUS)",
         description="Train a weighted-layer probe on cached frozen-upstream features, pick the best dev "
         "checkpoint, score test; writes results.json, results.md and layer-weight plots to --out. "
         "Unset --lr / --max-updates / --eval-every use each task's s3prl default. Extra ProbeConfig "
@@ -65,7 +68,8 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--upstream", required=True, help="classical feature name, s3kit checkpoint, transformers dir or hub id")
-    p.add_argument("--task", required=True, help=f"comma-separated tasks from {', '.join(TASKS)}")
+    p.add_argument("--task", required=True, help=f"comma-separated tasks from {', '.join((*TASKS, *EXTRA_TASKS))} "
+                   "(qbe: --train is the document set, --dev / --test the query sets)")
     p.add_argument("--data", help="manifest directory (with --subset)")
     p.add_argument("--subset", help="manifest prefix, e.g. 'ks' for ks_{train,dev,test}.jsonl.gz (default: the task name)")
     for split in SPLITS:
@@ -93,12 +97,13 @@ def run(args) -> int:
 
     from s3kit.config import build
     from s3kit.eval.probe import TASKS, ProbeConfig, results_table, run_probe, write_results
+    from s3kit.eval.tasks import EXTRA_TASKS
     from s3kit.upstream import load_upstream
 
     tasks = [t.strip() for t in args.task.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in TASKS and t not in EXTRA_TASKS]
     if unknown:
-        raise SystemExit(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
+        raise SystemExit(f"unknown task(s) {unknown}; choose from {', '.join((*TASKS, *EXTRA_TASKS))}")
     base = build(ProbeConfig, args.recipe, args.overrides)
     base = dataclasses.replace(
         base, lr=args.lr if args.lr is not None else base.lr, lr_sweep=args.lr_sweep or base.lr_sweep,

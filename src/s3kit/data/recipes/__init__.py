@@ -18,6 +18,7 @@ from s3kit.data.recipes.iemocap import leave_one_session_out, prepare_iemocap
 from s3kit.data.recipes.librispeech import prepare_librispeech
 from s3kit.data.recipes.musan import prepare_musan
 from s3kit.data.recipes.noise_folder import prepare_noise
+from s3kit.data.recipes.quesst14 import prepare_quesst14
 from s3kit.data.recipes.speat import prepare_speat
 from s3kit.data.recipes.speechcommands import prepare_speechcommands
 from s3kit.data.recipes.speechcommands_superb import prepare_speechcommands_superb
@@ -33,6 +34,7 @@ CORPORA = {
     "iemocap": prepare_iemocap,
     "noise": prepare_noise,
     "speat": prepare_speat,
+    "quesst14": prepare_quesst14,
 }
 
 

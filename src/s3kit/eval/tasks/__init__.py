@@ -1,0 +1,37 @@
+"""SUPERB SD, SF and QbE and M2D-S's non-speech linear evaluation (ENV / MUS), one module each,
+all callable like the other probes: ``run_probe(upstream, task, train, dev, test, cfg)``.
+
+What ``train`` / ``dev`` / ``test`` mean per task:
+
+* ``qbe``: ``train`` = the searched documents, ``dev`` / ``test`` = the query sets (zero-shot:
+  nothing is trained; the dev set picks the layer);
+* ``sd``, ``sf``, ``env``, ``mus``: the usual three splits.
+"""
+
+from __future__ import annotations
+
+from s3kit.eval.probe import ProbeConfig
+
+EXTRA_TASKS = ("qbe", "sd", "sf", "env", "mus")
+
+
+def run_task(upstream, task: str, train, dev, test, cfg: ProbeConfig = ProbeConfig(), options=None):
+    """Run one of :data:`EXTRA_TASKS`; ``options`` is the task's own config dataclass
+    (:class:`~s3kit.eval.tasks.qbe.QbEConfig`, ...; defaults when None)."""
+    if task == "qbe":
+        from s3kit.eval.tasks.qbe import QbEConfig, run_qbe
+
+        return run_qbe(upstream, train, dev, test, cfg, options or QbEConfig())
+    if task == "sd":
+        from s3kit.eval.tasks.sd import SDConfig, run_sd
+
+        return run_sd(upstream, train, dev, test, cfg, options or SDConfig())
+    if task == "sf":
+        from s3kit.eval.tasks.sf import SFConfig, run_sf
+
+        return run_sf(upstream, train, dev, test, cfg, options or SFConfig())
+    if task in ("env", "mus"):
+        from s3kit.eval.tasks.linear import LinearEvalConfig, run_linear_eval
+
+        return run_linear_eval(upstream, task, train, dev, test, cfg, options or LinearEvalConfig())
+    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(EXTRA_TASKS)}")
