@@ -331,3 +331,25 @@ def test_sound_class_layouts(tmp_path):
         (ns / f"nsynth-{split}" / "examples.json").write_text(json.dumps({note: {"instrument_family_str": "guitar"}}))
     n = prepare("nsynth", ns, tmp_path / "out")
     assert sorted(n) == ["dev", "test", "train"] and get_label(next(iter(n["dev"])), "sound_class") == "guitar"
+
+
+def test_cli_runs_env_and_sd_with_task_options(tmp_path):
+    from s3kit.cli import main
+    from s3kit.data.synth_tasks import synthesize_sd, synthesize_sounds
+
+    env = synthesize_sounds(tmp_path / "data", kind="env", per_class=(4, 2, 2), seconds=1.0)
+    sd = synthesize_sd(tmp_path / "data", mixtures=(6, 2, 2))
+    out = tmp_path / "out"
+    assert main(["probe", "--upstream", "fbank", "--task", "env", "--data", str(env["env_train"].parent),
+                 "--out", str(out / "env"), "--cache-dir", str(tmp_path / "cache"), "--fraction", "0.5,1.0",
+                 "progress=false", "env.max_epochs=3"]) == 0
+    rows = json.loads((out / "env" / "results.json").read_text())
+    assert [r["num_train"] for r in rows] == [12, 24] and all(r["extra"]["epochs"] <= 3 for r in rows)
+    assert main(["probe", "--upstream", "fbank", "--task", "sd", "--data", str(sd["sd_train"].parent),
+                 "--out", str(out / "sd"), "--cache-dir", str(tmp_path / "cache"), "--max-updates", "2",
+                 "--eval-every", "1", "--batch-size", "2", "progress=false", "sd.hidden=8", "sd.standardize=true"]) == 0
+    (row,) = json.loads((out / "sd" / "results.json").read_text())
+    assert row["metric"] == "der" and row["extra"]["picked_on"] == "dev" and row["updates"] == 2
+    # a bad task option names the field
+    assert main(["probe", "--upstream", "fbank", "--task", "sd", "--data", str(sd["sd_train"].parent),
+                 "--out", str(out / "bad"), "--cache-dir", str(tmp_path / "cache"), "sd.hiden=8"]) == 2

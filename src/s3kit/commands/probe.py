@@ -64,7 +64,8 @@ def register(sub) -> None:
         description="Train a weighted-layer probe on cached frozen-upstream features, pick the best dev "
         "checkpoint, score test; writes results.json, results.md and layer-weight plots to --out. "
         "Unset --lr / --max-updates / --eval-every use each task's s3prl default. Extra ProbeConfig "
-        "fields as key=value (e.g. lstm_hidden=256).",
+        "fields as key=value (e.g. lstm_hidden=256); options of the qbe / sd / sf / env / mus tasks as "
+        "<task>.key=value (e.g. sd.hidden=64, qbe.p_target=0.0001, env.max_epochs=50; mus reads env.*).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--upstream", required=True, help="classical feature name, s3kit checkpoint, transformers dir or hub id")
@@ -95,16 +96,18 @@ def register(sub) -> None:
 def run(args) -> int:
     import dataclasses
 
-    from s3kit.config import build
+    from s3kit.config import apply_overrides, build
     from s3kit.eval.probe import TASKS, ProbeConfig, results_table, run_probe, write_results
-    from s3kit.eval.tasks import EXTRA_TASKS
+    from s3kit.eval.tasks import EXTRA_TASKS, run_task, task_options
     from s3kit.upstream import load_upstream
 
     tasks = [t.strip() for t in args.task.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS and t not in EXTRA_TASKS]
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; choose from {', '.join((*TASKS, *EXTRA_TASKS))}")
-    base = build(ProbeConfig, args.recipe, args.overrides)
+    prefixes = {*EXTRA_TASKS} - {"mus"}  # mus shares env's options
+    task_overrides = [o for o in args.overrides if o.split("=", 1)[0].split(".", 1)[0] in prefixes]
+    base = build(ProbeConfig, args.recipe, [o for o in args.overrides if o not in task_overrides])
     base = dataclasses.replace(
         base, lr=args.lr if args.lr is not None else base.lr, lr_sweep=args.lr_sweep or base.lr_sweep,
         lr_grid=args.lr_grid, layer=args.layer if args.layer is not None else base.layer,
@@ -125,7 +128,14 @@ def run(args) -> int:
         for fraction in args.fraction:
             for seed in args.seed:
                 cfg = dataclasses.replace(base, fraction=fraction, seed=seed)
-                results.append(run_probe(upstream, task, manifests["train"], manifests["dev"], manifests["test"], cfg))
+                if task in EXTRA_TASKS:
+                    prefix = "env" if task == "mus" else task
+                    options = apply_overrides(task_options(task), [o.split(".", 1)[1] for o in task_overrides
+                                                                   if o.startswith(f"{prefix}.")])
+                    results.append(run_task(upstream, task, manifests["train"], manifests["dev"], manifests["test"],
+                                            cfg, options))
+                else:
+                    results.append(run_probe(upstream, task, manifests["train"], manifests["dev"], manifests["test"], cfg))
                 write_results(results, args.out)  # after every run: a long sweep keeps what it finished
     print(results_table(results), end="")
     print(f"results written to {Path(args.out) / 'results.json'}")

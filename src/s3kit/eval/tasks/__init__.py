@@ -15,6 +15,27 @@ from s3kit.eval.probe import ProbeConfig
 EXTRA_TASKS = ("qbe", "sd", "sf", "env", "mus")
 
 
+def task_options(task: str):
+    """The default options dataclass of one of :data:`EXTRA_TASKS` (``QbEConfig()``, ``SDConfig()``, ...)."""
+    if task == "qbe":
+        from s3kit.eval.tasks.qbe import QbEConfig
+
+        return QbEConfig()
+    if task == "sd":
+        from s3kit.eval.tasks.sd import SDConfig
+
+        return SDConfig()
+    if task == "sf":
+        from s3kit.eval.tasks.sf import SFConfig
+
+        return SFConfig()
+    if task in ("env", "mus"):
+        from s3kit.eval.tasks.linear import LinearEvalConfig
+
+        return LinearEvalConfig()
+    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(EXTRA_TASKS)}")
+
+
 def run_task(upstream, task: str, train, dev, test, cfg: ProbeConfig = ProbeConfig(), options=None):
     """Run one of :data:`EXTRA_TASKS`; ``options`` is the task's own config dataclass
     (:class:`~s3kit.eval.tasks.qbe.QbEConfig`, ...; defaults when None)."""

@@ -206,10 +206,11 @@ def truth_matrix(query_cuts, doc_ids: list[str]) -> np.ndarray:
 
 
 def evaluate_layer(queries: list[Tensor], docs: list[Tensor], truth: np.ndarray, cfg: QbEConfig) -> dict:
-    """MTWV (+ threshold), MAP and EER of one layer's features."""
+    """MTWV (+ threshold; None = detect nothing), MAP and EER of one layer's features."""
     scores = qbe_scores(queries, docs, cfg)
     value, threshold = mtwv(scores, truth, cfg.p_target, cfg.c_miss, cfg.c_fa)
-    return {"mtwv": value, "threshold": threshold, "map": mean_average_precision(scores, truth),
+    return {"mtwv": value, "threshold": None if math.isinf(threshold) else threshold,
+            "map": mean_average_precision(scores, truth),
             "eer": equal_error_rate(scores, truth)}
 
 
