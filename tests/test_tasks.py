@@ -353,3 +353,14 @@ def test_cli_runs_env_and_sd_with_task_options(tmp_path):
     # a bad task option names the field
     assert main(["probe", "--upstream", "fbank", "--task", "sd", "--data", str(sd["sd_train"].parent),
                  "--out", str(out / "bad"), "--cache-dir", str(tmp_path / "cache"), "sd.hiden=8"]) == 2
+
+
+def test_lr_sweep_keeps_the_best_dev(tmp_path):
+    from s3kit.data.synth_tasks import synthesize_sounds
+    from s3kit.eval.tasks import run_task
+
+    m = synthesize_sounds(tmp_path / "data", kind="env", per_class=(4, 2, 2), seconds=1.0)
+    r = run_task("mfcc", "env", m["env_train"], m["env_dev"], m["env_test"],
+                 _cfg(tmp_path, lr_sweep=True, lr_grid=[1e-2, 1e-7]))
+    assert [s["lr"] for s in r.sweep] == [1e-2, 1e-7] and r.dev == max(s["dev"] for s in r.sweep)
+    assert r.lr == 1e-2  # 1e-7 cannot move a linear layer in 200 epochs

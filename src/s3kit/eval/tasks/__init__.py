@@ -38,7 +38,23 @@ def task_options(task: str):
 
 def run_task(upstream, task: str, train, dev, test, cfg: ProbeConfig = ProbeConfig(), options=None):
     """Run one of :data:`EXTRA_TASKS`; ``options`` is the task's own config dataclass
-    (:class:`~s3kit.eval.tasks.qbe.QbEConfig`, ...; defaults when None)."""
+    (:class:`~s3kit.eval.tasks.qbe.QbEConfig`, ...; defaults when None). ``cfg.lr_sweep`` trains
+    at every lr of ``cfg.lr_grid`` and keeps the best on dev (QbE has no learning rate)."""
+    import dataclasses
+
+    if cfg.lr_sweep and task != "qbe":
+        runs = [_run_one(upstream, task, train, dev, test, dataclasses.replace(cfg, lr=lr, lr_sweep=False), options)
+                for lr in cfg.lr_grid]
+        best = runs[0]
+        for r in runs[1:]:
+            if (r.dev > best.dev) if r.higher_is_better else (r.dev < best.dev):
+                best = r
+        best.sweep = [{"lr": r.lr, "dev": r.dev, "test": r.test, "updates_to_best": r.updates_to_best} for r in runs]
+        return best
+    return _run_one(upstream, task, train, dev, test, cfg, options)
+
+
+def _run_one(upstream, task: str, train, dev, test, cfg: ProbeConfig, options):
     if task == "qbe":
         from s3kit.eval.tasks.qbe import QbEConfig, run_qbe
 
