@@ -176,6 +176,20 @@ def test_slot_target_and_parse():
     assert parse_slots(["<B-city>", "a", "<B-date>", "b", "<E-time>", "c"]) == [("city", "a"), ("date", "b")]
 
 
+def test_decode_slots_reads_a_perfect_ctc_path():
+    from s3kit.eval.tasks.sf import decode_slots, slot_target
+
+    toks = slot_target("play jazz in the office".split(), "O genre O O room".split())
+    vocab = sorted(set(toks))
+    ids = [vocab.index(t) + 1 for t in toks]
+    path = [x for i in ids for x in (i, i, 0)]  # each token twice (merged) then a blank
+    logits = torch.full((1, len(path) + 2, len(vocab) + 1), -5.0)
+    logits[0, torch.arange(len(path)), torch.tensor(path)] = 5.0
+    logits[0, len(path):, 0] = 5.0
+    logits[0, -1] = 9.0  # padded frame: ignored through lengths
+    assert decode_slots(logits, torch.tensor([len(path) + 1]), vocab) == [[("genre", "jazz"), ("room", "office")]]
+
+
 def test_slot_metrics_hand_case():
     from s3kit.eval.tasks.sf import slot_type_f1, slot_value_cer
 

@@ -137,6 +137,14 @@ def spec_augment(x: Tensor, lengths: Tensor, cfg: SFConfig, gen: torch.Generator
     return x
 
 
+def decode_slots(logits: Tensor, lengths: Tensor, vocab: list[str]) -> list[list[tuple[str, str]]]:
+    """Greedy CTC decoding of ``logits [B, T, V]`` (token ``i`` = ``vocab[i - 1]``, 0 = blank),
+    then :func:`parse_slots` per item."""
+    from s3kit.eval import metrics
+
+    return [parse_slots([vocab[i - 1] for i in seq]) for seq in metrics.ctc_greedy_decode(logits, lengths, 0)]
+
+
 # ----------------------------------------------------------------------------------- task
 
 
@@ -157,8 +165,7 @@ def run_sf(upstream, train, dev, test, cfg: ProbeConfig = ProbeConfig(), sf: SFC
     ``slots``. Returns a :class:`~s3kit.eval.tasks.common.TaskResult` (metric ``slot_type_f1``;
     ``extra``: dev / test slot-value CER)."""
     from s3kit.data.subsets import stratified_subset
-    from s3kit.eval import metrics
-    from s3kit.eval.heads import BLANK, BLSTMCTCHead, ProbeModel, WeightedSum, ctc_loss
+    from s3kit.eval.heads import BLSTMCTCHead, ProbeModel, WeightedSum, ctc_loss
     from s3kit.eval.probe import _device
     from s3kit.eval.tasks.common import TaskResult, features, frame_batch, layer_position, load_inputs, train_loop
 
@@ -190,8 +197,7 @@ def run_sf(upstream, train, dev, test, cfg: ProbeConfig = ProbeConfig(), sf: SFC
         hyps = []
         for start in range(0, len(ids[split]), cfg.batch_size):
             states, lengths = frame_batch(feats[split], ids[split][start : start + cfg.batch_size], device)
-            for seq in metrics.ctc_greedy_decode(model(states, lengths), lengths, BLANK):
-                hyps.append(parse_slots([vocab[i - 1] for i in seq]))
+            hyps += decode_slots(model(states, lengths), lengths, vocab)
         return hyps
 
     lr = cfg.lr if cfg.lr is not None else SF_LR
