@@ -67,3 +67,26 @@ def test_ctc_loss_hand_computed():
     logits = torch.log(torch.tensor([[[0.25, 0.75]]]))
     loss = ctc_loss(logits, torch.tensor([1]), [torch.tensor([1])])
     assert loss.item() == pytest.approx(-torch.log(torch.tensor(0.75)).item(), rel=1e-5)
+
+
+def _reference_levenshtein(ref, hyp):
+    """The former pure-Python dynamic programme, kept as the parity reference."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, start=1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, start=1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def test_edit_distance_matches_the_dynamic_programme():
+    import random
+
+    rng = random.Random(0)
+    phones = ["aa", "iy", "s", "sh", "ə", "ɪ", "t", "tʃ"]  # multi-character and non-ASCII tokens
+    for _ in range(300):
+        ref = [rng.choice(phones) for _ in range(rng.randint(0, 12))]
+        hyp = [rng.choice(phones) for _ in range(rng.randint(0, 12))]
+        assert metrics.edit_distance(ref, hyp) == _reference_levenshtein(ref, hyp)
+        assert metrics.edit_distance(" ".join(ref), " ".join(hyp)) == _reference_levenshtein(" ".join(ref), " ".join(hyp))

@@ -9,7 +9,8 @@ from pathlib import Path
 from s3kit.commands._args import add_bad_audio
 
 SPLITS = ("train", "dev", "test")
-SPLIT_ALIASES = {"dev": ("dev", "valid", "validation")}
+# QbE: "train" is the document set (QUESST "docs"), "test" its "eval" queries
+SPLIT_ALIASES = {"train": ("train", "docs"), "dev": ("dev", "valid", "validation"), "test": ("test", "eval")}
 
 
 def _floats(text: str) -> list[float]:
@@ -30,7 +31,8 @@ def find_manifests(data: str | Path, subset: str) -> dict[str, Path]:
     """``{train, dev, test}`` manifests for ``subset`` under ``data``.
 
     Looks for ``<subset>_<split>.jsonl.gz`` in ``data`` and ``data/manifests``, then
-    ``<subset>/<split>.jsonl.gz``; ``dev`` may also be named ``valid`` / ``validation``.
+    ``<subset>/<split>.jsonl.gz``; ``dev`` may also be named ``valid`` / ``validation``, ``test``
+    ``eval`` and ``train`` ``docs`` (QbE's searched documents).
     """
     data = Path(data)
     found, tried = {}, []
@@ -56,11 +58,12 @@ def find_manifests(data: str | Path, subset: str) -> dict[str, Path]:
 
 def register(sub) -> None:
     from s3kit.eval.probe import TASKS, ProbeConfig
+    from s3kit.eval.tasks import EXTRA_TASKS
 
     d = ProbeConfig()
     p = sub.add_parser(
         "probe",
-        help="SUPERB-style probe of a frozen upstream (KS, IC, SID, ER, PR, ASR)",
+        help="SUPERB-style probe of a frozen upstream (KS, IC, SID, ER, PR, ASR, SD, SF, QbE, ENV, MUS)",
         description="Train a weighted-layer probe on cached frozen-upstream features, pick the best dev "
         "checkpoint, score test. Writes to --out: results.json (every run's test score with n and its 95 % "
         "interval, Wilson for accuracy and an utterance bootstrap for PER / WER; per task, upstream and fraction "
@@ -68,11 +71,13 @@ def register(sub) -> None:
         "predictions.jsonl.gz (every test item of every run, for paired tests with `s3kit compare`) and "
         "layer-weight plots. "
         "Unset --lr / --max-updates / --eval-every use each task's s3prl default. Extra ProbeConfig "
-        "fields as key=value (e.g. lstm_hidden=256).",
+        "fields as key=value (e.g. lstm_hidden=256); options of the qbe / sd / sf / env / mus tasks as "
+        "<task>.key=value (e.g. sd.hidden=64, qbe.p_target=0.0001, env.max_epochs=50; mus reads env.*).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--upstream", required=True, help="classical feature name, s3kit checkpoint, transformers dir or hub id")
-    p.add_argument("--task", required=True, help=f"comma-separated tasks from {', '.join(TASKS)}")
+    p.add_argument("--task", required=True, help=f"comma-separated tasks from {', '.join((*TASKS, *EXTRA_TASKS))} "
+                   "(qbe: --train is the document set, --dev / --test the query sets)")
     p.add_argument("--data", help="manifest directory (with --subset)")
     p.add_argument("--subset", help="manifest prefix, e.g. 'ks' for ks_{train,dev,test}.jsonl.gz (default: the task name)")
     for split in SPLITS:
@@ -99,15 +104,18 @@ def register(sub) -> None:
 def run(args) -> int:
     import dataclasses
 
-    from s3kit.config import build
+    from s3kit.config import apply_overrides, build
     from s3kit.eval.probe import TASKS, ProbeConfig, results_table, run_probe, summary_table, write_results
+    from s3kit.eval.tasks import EXTRA_TASKS, run_task, task_options
     from s3kit.upstream import load_upstream
 
     tasks = [t.strip() for t in args.task.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in TASKS and t not in EXTRA_TASKS]
     if unknown:
-        raise SystemExit(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
-    base = build(ProbeConfig, args.recipe, args.overrides)
+        raise SystemExit(f"unknown task(s) {unknown}; choose from {', '.join((*TASKS, *EXTRA_TASKS))}")
+    prefixes = {*EXTRA_TASKS} - {"mus"}  # mus shares env's options
+    task_overrides = [o for o in args.overrides if o.split("=", 1)[0].split(".", 1)[0] in prefixes]
+    base = build(ProbeConfig, args.recipe, [o for o in args.overrides if o not in task_overrides])
     base = dataclasses.replace(
         base, lr=args.lr if args.lr is not None else base.lr, lr_sweep=args.lr_sweep or base.lr_sweep,
         lr_grid=args.lr_grid, layer=args.layer if args.layer is not None else base.layer,
@@ -129,7 +137,14 @@ def run(args) -> int:
         for fraction in args.fraction:
             for seed in args.seed:
                 cfg = dataclasses.replace(base, fraction=fraction, seed=seed)
-                results.append(run_probe(upstream, task, manifests["train"], manifests["dev"], manifests["test"], cfg))
+                if task in EXTRA_TASKS:
+                    prefix = "env" if task == "mus" else task
+                    options = apply_overrides(task_options(task), [o.split(".", 1)[1] for o in task_overrides
+                                                                   if o.startswith(f"{prefix}.")])
+                    results.append(run_task(upstream, task, manifests["train"], manifests["dev"], manifests["test"],
+                                            cfg, options))
+                else:
+                    results.append(run_probe(upstream, task, manifests["train"], manifests["dev"], manifests["test"], cfg))
                 write_results(results, args.out)  # after every run: a long sweep keeps what it finished
     skipped: dict[tuple, dict] = {}  # one line per (task, split, cut) over fractions and seeds
     for res in results:

@@ -31,14 +31,11 @@ def all_slots_accuracy(pred: Tensor, target: Tensor) -> float:
 
 
 def edit_distance(ref: Sequence, hyp: Sequence) -> int:
-    """Levenshtein distance (unit-cost substitutions, insertions, deletions) between token lists."""
-    prev = list(range(len(hyp) + 1))  # distance from ref[:0] to hyp[:j]
-    for i, r in enumerate(ref, start=1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, start=1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
+    """Levenshtein distance (unit-cost substitutions, insertions, deletions) between token lists
+    (or strings), by RapidFuzz's C++ implementation."""
+    from rapidfuzz.distance import Levenshtein
+
+    return int(Levenshtein.distance(ref, hyp))
 
 
 def error_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> float:

@@ -72,6 +72,8 @@ TASKS: dict[str, TaskSpec] = {
     "ic": TaskSpec("intent", "intent", "accuracy", 1e-4, 200_000, 5000),
     "sid": TaskSpec("speaker", "utterance", "accuracy", 1e-4, 200_000, 5000),
     "er": TaskSpec("emotion", "utterance", "accuracy", 1e-4, 30_000, 1000),
+    # synthetic ER proxy (speaking style rendered by the TTS voices, not emotion): ER's settings
+    "style": TaskSpec("style", "utterance", "accuracy", 1e-4, 30_000, 1000),
     "pr": TaskSpec("phones", "phones", "per", 1e-2, 100_000, 1000),
     "asr": TaskSpec("text", "chars", "wer", 1e-4, 200_000, 2000, proj_dim=ASR_PROJECTOR_DIM, specaug=True),
 }
@@ -500,15 +502,20 @@ def train_subset(cuts, task: str, fraction: float, seed: int):
 
 
 def run_probe(upstream, task: str, train, dev, test, cfg: ProbeConfig = ProbeConfig()) -> ProbeResult:
-    """Probe a frozen ``upstream`` on ``task`` (ks | ic | sid | er | pr | asr).
+    """Probe a frozen ``upstream`` on ``task`` (ks | ic | sid | er | style | pr | asr, or one of
+    :data:`s3kit.eval.tasks.EXTRA_TASKS`: qbe | sd | sf | env | mus, see that package).
 
     Args:
         upstream: an :class:`~s3kit.upstream.Upstream` or a name / path for ``load_upstream``.
         train, dev, test: CutSets or manifest paths carrying the task's label.
     Returns the test score at the best dev checkpoint (best learning rate under ``lr_sweep``).
     """
+    from s3kit.eval.tasks import EXTRA_TASKS, run_task
+
+    if task in EXTRA_TASKS:  # SD, SF, QbE, ENV / MUS live in s3kit.eval.tasks
+        return run_task(upstream, task, train, dev, test, cfg)
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join((*TASKS, *EXTRA_TASKS))}")
     spec = TASKS[task]
     if isinstance(upstream, (str, Path)):
         from s3kit.upstream import load_upstream

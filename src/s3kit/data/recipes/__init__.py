@@ -15,9 +15,13 @@ from pathlib import Path
 from s3kit.data.recipes._common import RecipeError, manifest_path
 from s3kit.data.recipes.fsc import prepare_slu
 from s3kit.data.recipes.iemocap import leave_one_session_out, prepare_iemocap
+from s3kit.data.recipes.librimix_sd import prepare_librimix_sd
 from s3kit.data.recipes.librispeech import prepare_librispeech
 from s3kit.data.recipes.musan import prepare_musan
 from s3kit.data.recipes.noise_folder import prepare_noise
+from s3kit.data.recipes.quesst14 import prepare_quesst14
+from s3kit.data.recipes.snips import prepare_snips
+from s3kit.data.recipes.sound_classes import prepare_esc50, prepare_gtzan, prepare_nsynth, prepare_sound_folder, prepare_us8k
 from s3kit.data.recipes.speat import prepare_speat
 from s3kit.data.recipes.speechcommands import prepare_speechcommands
 from s3kit.data.recipes.speechcommands_superb import prepare_speechcommands_superb
@@ -33,6 +37,14 @@ CORPORA = {
     "iemocap": prepare_iemocap,
     "noise": prepare_noise,
     "speat": prepare_speat,
+    "quesst14": prepare_quesst14,
+    "librimix_sd": prepare_librimix_sd,
+    "esc50": prepare_esc50,
+    "us8k": prepare_us8k,
+    "gtzan": prepare_gtzan,
+    "nsynth": prepare_nsynth,
+    "sound_folder": prepare_sound_folder,
+    "snips": prepare_snips,
 }
 
 
