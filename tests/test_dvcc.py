@@ -300,3 +300,24 @@ def test_method_gradients_reach_student_and_layer_weights(tiny_w2v2_pretraining)
     teacher_ids = {id(p) for p in m.teacher.parameters()} | {id(p) for p in m.codebook.parameters()}
     assert not teacher_ids & {id(p) for p in m.trainable_parameters()}
     assert not any(k.startswith(("teacher.", "codebook.")) for k in m.checkpoint_state())
+
+
+def test_width_map_only_when_widths_differ():
+    """Eq. (3)-(7) need H and O of one width: the 768-wide student of a 768-wide teacher (the
+    paper's Combined_large) has no map, the 256-wide one a Linear(256, 768)."""
+    from torch import nn
+
+    cfg = DVCCConfig(codebook="none")
+    large = DVCCDistiller(KWSStudent(config_for("large")), cfg, teacher_dim=768, teacher_states=13)
+    small = DVCCDistiller(KWSStudent(config_for("small")), cfg, teacher_dim=768, teacher_states=13)
+    assert isinstance(large.proj, nn.Identity)
+    assert not [n for n in large.checkpoint_state() if n.startswith("proj.")]
+    extra = sum(p.numel() for n, p in large.named_parameters() if not n.startswith("student."))
+    assert extra == 13  # only the layer weights
+    assert isinstance(small.proj, nn.Linear) and tuple(small.proj.weight.shape) == (768, 256)
+    extra = sum(p.numel() for n, p in small.named_parameters() if not n.startswith("student."))
+    assert extra == 13 + 256 * 768 + 768
+    H = torch.randn(4, 768)
+    O = torch.randn(4, 768)
+    torch.testing.assert_close(large.proj(O), O)  # the student's own features enter eq. (3) and (5)
+    assert small.proj(torch.randn(4, 256)).shape == H.shape

@@ -18,8 +18,9 @@ Losses (pure functions, §2):
 The training method :class:`DVCCDistiller` feeds the trainer (:mod:`s3kit.train.trainer`): the
 teacher's utterance feature is a learned softmax-weighted sum of its time-averaged states (all
 13 of a 12-layer teacher, or a subset such as 5-8, §4.4), the student's the time average of its
-last layer mapped to the teacher width by a linear head (dropped after distillation; the
-paper's students have the teacher's width 768 or 256, so it only needs one for ``small``).
+last layer, mapped to the teacher width by a linear head only when the widths differ (dropped
+after distillation; the paper's 768-wide student has none against its 768-wide teacher, the
+256-wide one has one).
 Normalisation in eq. (3) and (5) is by the root sum of squares exactly as printed: no
 mean-centering (unlike Barlow Twins).
 """
@@ -404,7 +405,10 @@ class DVCCDistiller(nn.Module):
                 raise ValueError("an utterance-level loss needs the teacher (or teacher_dim and teacher_states)")
             self.layers = parse_layers(cfg.teacher_layers, teacher_states)
             self.layer_weights = LayerWeights(len(self.layers))
-            self.proj = nn.Linear(D, teacher_dim)  # prediction head, dropped after distillation
+            # eq. (3)-(7) compare H and O feature by feature, so they need one width: a linear map
+            # (dropped after distillation) only when the student's differs from the teacher's (the
+            # paper's 768-wide student against a 768-wide teacher has none)
+            self.proj = nn.Linear(D, teacher_dim) if D != teacher_dim else nn.Identity()
         self.codebook = codebook
         self.scratch = None
         if cfg.codebook != "none":
