@@ -334,6 +334,7 @@ class DVCCConfig:
     teacher_layers: ``all`` (13 weights for a 12-layer teacher), ``5-8``, ``0-4,9-12``, ...
     batch_size: utterances per update (paper 512); max_duration caps seconds of audio per batch.
     stats_cuts: utterances used for the fbank mean / std.
+    self_codebook: (groups, entries, code dim) of the ``codebook=self`` codebook (wav2vec 2.0 Base's).
     """
 
     student: str = "large"
@@ -350,6 +351,7 @@ class DVCCConfig:
     temperature: float = TEMPERATURE
     tcode_reduction: Literal["mean", "sum"] = "mean"
     diversity_weight: float = DIVERSITY_WEIGHT
+    self_codebook: tuple[int, int, int] = SELF_CODEBOOK  # (groups, entries, code dim) for codebook=self
     batch_size: int = 512  # §3.2
     max_duration: float = 600.0
     stats_cuts: int = 2000
@@ -430,7 +432,7 @@ class DVCCDistiller(nn.Module):
         if cfg.codebook == "self":
             from types import SimpleNamespace
 
-            G, V, C = SELF_CODEBOOK
+            G, V, C = cfg.self_codebook
             self.scratch = ScratchCodebook(SimpleNamespace(conv_dim=[student.config.fbank_bins], num_codevector_groups=G,
                                                            num_codevectors_per_group=V, codevector_dim=C))
             self.predict = nn.Linear(D, self.scratch.code_dim)  # the student's wav2vec 2.0 prediction layer
@@ -532,9 +534,9 @@ class DVCCDistiller(nn.Module):
             targets[mask] = vecs.to(targets.dtype)
             out["l_div"] = diversity_loss(probs)
         neg = sample_negatives(mask, cfg.num_negatives)  # (B, T, N)
-        negatives = targets.gather(1, neg.flatten(1)[..., None].expand(B, T * cfg.num_negatives, targets.shape[-1]))
-        negatives = negatives.view(B, T, cfg.num_negatives, -1)  # (B, T, N, C)
-        out["l_tcode"] = teacher_codebook_loss(pred_all[mask], targets[mask], negatives[mask], cfg.temperature,
+        rows = mask.nonzero()[:, 0]  # (M,) the utterance of each masked frame
+        negatives = targets[rows[:, None], neg[mask]]  # (M, N, C): distractors of masked frames only
+        out["l_tcode"] = teacher_codebook_loss(pred_all[mask], targets[mask], negatives, cfg.temperature,
                                                cfg.tcode_reduction)
         return out
 
