@@ -300,3 +300,49 @@ def test_method_gradients_reach_student_and_layer_weights(tiny_w2v2_pretraining)
     teacher_ids = {id(p) for p in m.teacher.parameters()} | {id(p) for p in m.codebook.parameters()}
     assert not teacher_ids & {id(p) for p in m.trainable_parameters()}
     assert not any(k.startswith(("teacher.", "codebook.")) for k in m.checkpoint_state())
+
+
+def test_width_map_only_when_widths_differ():
+    """Eq. (3)-(7) need H and O of one width: the 768-wide student of a 768-wide teacher (the
+    paper's Combined_large) has no map, the 256-wide one a Linear(256, 768)."""
+    from torch import nn
+
+    cfg = DVCCConfig(codebook="none")
+    large = DVCCDistiller(KWSStudent(config_for("large")), cfg, teacher_dim=768, teacher_states=13)
+    small = DVCCDistiller(KWSStudent(config_for("small")), cfg, teacher_dim=768, teacher_states=13)
+    assert isinstance(large.proj, nn.Identity)
+    assert not [n for n in large.checkpoint_state() if n.startswith("proj.")]
+    extra = sum(p.numel() for n, p in large.named_parameters() if not n.startswith("student."))
+    assert extra == 13  # only the layer weights
+    assert isinstance(small.proj, nn.Linear) and tuple(small.proj.weight.shape) == (768, 256)
+    extra = sum(p.numel() for n, p in small.named_parameters() if not n.startswith("student."))
+    assert extra == 13 + 256 * 768 + 768
+    H = torch.randn(4, 768)
+    O = torch.randn(4, 768)
+    torch.testing.assert_close(large.proj(O), O)  # the student's own features enter eq. (3) and (5)
+    assert small.proj(torch.randn(4, 256)).shape == H.shape
+
+
+def test_self_codebook_baseline_needs_no_teacher(tmp_path, tone_manifest):
+    """codebook=self: the student's own wav2vec 2.0 objective (the self-supervised no-KD baseline)."""
+    from s3kit.methods.dvcc import SELF_CODEBOOK, distill_dvcc, fbank_stats
+    from s3kit.train.trainer import TrainConfig
+
+    torch.manual_seed(0)
+    student = KWSStudent(config_for("tiny"))
+    student.front_end.set_stats(*fbank_stats(student, tone_manifest))  # else every frame gets the same code
+    cfg = DVCCConfig(student="tiny", loss="none", codebook="self", num_negatives=4)
+    assert cfg.distills and not cfg.needs_teacher
+    m = DVCCDistiller(student, cfg)
+    G, V, C = SELF_CODEBOOK
+    assert m.scratch.quantizer.weight_proj.weight.shape == (G * V, student.config.fbank_bins)
+    wavs = torch.stack([torch.from_numpy(c.load_audio()[0, :9000]).float() for c in list(tone_manifest)[:3]])
+    out = m.step({"wavs": wavs, "lengths": torch.tensor([9000, 9000, 9000])})
+    assert set(out) >= {"loss", "l_tcode", "l_div"} and math.isfinite(float(out["loss"].detach()))
+    out["loss"].backward()
+    assert student.input_proj.weight.grad.abs().sum() > 0 and student.mask_emb.grad.abs().sum() > 0
+    assert m.scratch.quantizer.weight_proj.weight.grad.abs().sum() > 0  # the codebook learns with the student
+    res = distill_dvcc(None, tone_manifest, DVCCConfig(
+        student="tiny", loss="none", codebook="self", batch_size=4, num_negatives=5,
+        train=TrainConfig(out_dir=str(tmp_path / "ssl"), total_steps=2, lr=1e-3, warmup=0, progress=False, save_every=2)))
+    assert res.step == 2 and all(math.isfinite(v) for v in res.losses.values())

@@ -197,3 +197,40 @@ def test_table1_recipes_build():
     assert cfgs["kws_combined_large"] == DVCCConfig()  # the defaults are the paper's combined row
     assert not cfgs["kws_baseline"].distills and cfgs["kws_combined_small"].student == "small"
     assert build(FinetuneConfig, root / "kws_finetune.yaml").batch_size == 2048
+
+
+def test_bootstrap_detection_paired_intervals():
+    from s3kit.eval.kws import KWSEvalConfig, bootstrap_detection
+
+    rng = np.random.default_rng(0)
+    classes = ["yes", "no", "_unknown_"]
+    labels = np.repeat([0, 1, 2], 60)
+    base = rng.uniform(0, 1, (180, 3))
+    base[np.arange(180), labels] += 0.5  # positives score higher
+    better = base.copy()
+    neg = np.ones_like(better, dtype=bool)
+    neg[np.arange(180), labels] = False
+    better[neg] *= 0.5  # every negative scores half: fewer false accepts at any threshold
+    cfg = KWSEvalConfig(target_frr=0.1, bootstrap=300)
+    out = bootstrap_detection({"base": (base, labels), "same": (base.copy(), labels), "better": (better, labels)},
+                              classes, "base", cfg)
+    assert out["same"]["relative_far_ci"] == [1.0, 1.0] and out["same"]["p_far"] == 1.0  # paired: identical draws
+    assert out["base"]["far_ci"] == out["same"]["far_ci"]
+    assert out["better"]["relative_far_ci"][1] < 1.0 and out["better"]["p_far"] < 0.01
+    lo, hi = out["base"]["far_ci"]
+    assert 0.0 < lo < hi < 1.0 and out["base"]["replicates"] == 300
+    with pytest.raises(ValueError, match="same test utterances"):
+        bootstrap_detection({"base": (base, labels), "other": (base, labels[::-1])}, classes, "base", cfg)
+
+
+def test_table_cli_takes_eval_settings(monkeypatch, tmp_path):
+    from s3kit.cli import build_parser
+    from s3kit.eval import kws as kws_eval
+
+    seen = {}
+    monkeypatch.setattr(kws_eval, "run_table", lambda *a, **k: seen.update(k) or (tmp_path / "table.md").write_text("t"))
+    args = build_parser().parse_args(["kws", "table", "--recipes", "r.yaml", "--teacher", "t", "--train", "a",
+                                      "--test", "b", "--out", str(tmp_path), "--eval-overrides", "target_frr=0.05",
+                                      "snr_db=0", "bootstrap=50"])
+    assert args.func(args) == 0
+    assert (seen["cfg"].target_frr, seen["cfg"].snr_db, seen["cfg"].bootstrap) == (0.05, 0.0, 50)

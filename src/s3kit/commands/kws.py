@@ -33,8 +33,8 @@ def register(sub) -> None:
 
     e = cmds.add_parser("evaluate", formatter_class=_FMT, help="FAR at the baseline's FRR, clean and noisy",
                         description="Score fine-tuned models on a clean and a noisy ('playback') test set and "
-                        "report FAR at the baseline's per-keyword FRR, relative to the baseline (Table 1 form). "
-                        "Writes results.json, table.md and det.png.")
+                        "report FAR at the baseline's per-keyword FRR, relative to the baseline (Table 1 form), with "
+                        "paired-bootstrap 95 % intervals. Writes results.json, table.md and det.png.")
     e.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT",
                    help="a fine-tuned checkpoint (repeat); the first is the baseline unless --baseline")
     e.add_argument("--test", required=True, help="test CutSet")
@@ -43,7 +43,7 @@ def register(sub) -> None:
     e.add_argument("--out", required=True, help="output directory")
     add_bad_audio(e)
     e.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="KWSEvalConfig fields (threshold=0.5 target_frr=0.05 snr_db=5)")
+                   help="KWSEvalConfig fields (threshold=0.5 target_frr=0.05 snr_db=5 bootstrap=1000)")
     e.__class__ = IntermixedParser
     e.set_defaults(func=run_evaluate)
 
@@ -64,7 +64,8 @@ def register(sub) -> None:
                         "down (e.g. train.total_steps=300 batch_size=64).")
     t.add_argument("--recipes", nargs="+", required=True, help="row recipes, baseline first")
     t.add_argument("--teacher", required=True, help="wav2vec 2.0 teacher (transformers Wav2Vec2ForPreTraining dir "
-                   "or `s3kit pretrain wav2vec2` checkpoint)")
+                   "or `s3kit pretrain wav2vec2` checkpoint) or an s3kit feature codebook on a teacher "
+                   "(src/s3kit/assets/demo_codebook_teacher)")
     t.add_argument("--train", required=True, help="training CutSet (distillation and fine-tuning)")
     t.add_argument("--test", required=True, help="test CutSet")
     t.add_argument("--noise", default=None, help="noise CutSet (playback condition)")
@@ -72,6 +73,8 @@ def register(sub) -> None:
     t.add_argument("--finetune-recipe", default=None, help="FinetuneConfig YAML")
     t.add_argument("--distill-overrides", nargs="*", default=[], metavar="key=value")
     t.add_argument("--finetune-overrides", nargs="*", default=[], metavar="key=value")
+    t.add_argument("--eval-overrides", nargs="*", default=[], metavar="key=value",
+                   help="KWSEvalConfig fields (target_frr=0.05 snr_db=0 bootstrap=2000)")
     t.add_argument("--out", required=True, help="output directory")
     add_train_bad_audio(t)
     t.set_defaults(func=run_table_cmd)
@@ -130,12 +133,14 @@ def run_export(args) -> int:
 def run_table_cmd(args) -> int:
     from pathlib import Path
 
-    from s3kit.eval.kws import run_table
+    from s3kit.config import build
+    from s3kit.eval.kws import KWSEvalConfig, run_table
 
     train = [f"train.{o}" for o in train_bad_audio_overrides(args)]  # the training data of both stages
+    cfg = build(KWSEvalConfig, None, args.eval_overrides)
     run_table(args.recipes, args.teacher, args.train, args.test, args.noise, args.out,
               distill_overrides=[*train, *args.distill_overrides], finetune_recipe=args.finetune_recipe,
-              finetune_overrides=[*train, *args.finetune_overrides], val_manifest=args.val)
+              finetune_overrides=[*train, *args.finetune_overrides], val_manifest=args.val, cfg=cfg)
     print((Path(args.out) / "table.md").read_text())
     return 0
 

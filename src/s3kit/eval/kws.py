@@ -331,6 +331,57 @@ class KWSEvalConfig:
     seed: int = 0
     on_bad_audio: Literal["error", "skip"] = "error"  # a test set must stay complete (s3kit.data.badaudio)
     max_bad_share: float = 0.01
+    # paired bootstrap over test utterances (every model and the baseline's operating point are
+    # recomputed on the same resample): 95 % percentile intervals; 0 turns it off
+    bootstrap: int = 1000
+
+
+def bootstrap_detection(scores: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str], baseline: str,
+                        cfg: KWSEvalConfig = KWSEvalConfig(), level: float = 0.95) -> dict[str, dict]:
+    """Paired bootstrap of one condition: ``scores[name] = (probs [N, K], labels [N])`` over the
+    same N test utterances. Each of ``cfg.bootstrap`` resamples (seeded by ``cfg.seed``) draws N
+    utterances with replacement, sets the baseline's per-keyword operating point on it and reads
+    every model's FAR there. Returns per model ``{"far_ci", "relative_far_ci", "accuracy_ci":
+    [lo, hi], "p_far": two-sided bootstrap p of FAR = baseline FAR, "replicates": used}``.
+    Resamples in which a keyword has no positive are skipped (counted in ``replicates``)."""
+    if baseline not in scores:
+        raise ValueError(f"baseline {baseline!r} is not one of {list(scores)}")
+    bp, bl = scores[baseline]
+    N = len(bl)
+    for name, (p, lab) in scores.items():
+        if len(lab) != N or not np.array_equal(lab, bl):
+            raise ValueError(f"{name}: the paired bootstrap needs the same test utterances in the same order as {baseline}")
+    rng = np.random.default_rng(cfg.seed)
+    draws: dict[str, dict[str, list[float]]] = {n: {"far": [], "rel": [], "acc": [], "diff": []} for n in scores}
+    for _ in range(cfg.bootstrap):
+        idx = rng.integers(0, N, N)
+        try:
+            op = baseline_frr(bp[idx], bl[idx], classes, cfg.threshold, cfg.target_frr)
+            base = detection_at(bp[idx], bl[idx], classes, op).far
+            fars = {n: detection_at(p[idx], lab[idx], classes, op).far for n, (p, lab) in scores.items()}
+        except ValueError:  # a keyword without positives (or negatives) in this resample
+            continue
+        for n, (p, lab) in scores.items():
+            d = draws[n]
+            d["far"].append(fars[n])
+            d["rel"].append(relative_far(fars[n], base))
+            d["acc"].append(float((p[idx].argmax(1) == lab[idx]).mean()))
+            d["diff"].append(fars[n] - base)
+    q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+    out = {}
+    for n, d in draws.items():
+        if not d["far"]:
+            raise ValueError("no usable bootstrap resample: too few positives per keyword")
+        diff = np.asarray(d["diff"])
+        # add-one smoothed, as s3kit.eval.stats: a bootstrap p is never 0
+        tail = min(int((diff <= 0).sum()), int((diff >= 0).sum()))
+        p_far = 1.0 if n == baseline else float(min(1.0, 2 * (tail + 1) / (diff.size + 1)))
+        rel = np.asarray(d["rel"])
+        rel = rel[np.isfinite(rel)]
+        out[n] = {"far_ci": np.percentile(d["far"], q).tolist(),
+                  "relative_far_ci": np.percentile(rel, q).tolist() if rel.size else [float("nan")] * 2,
+                  "accuracy_ci": np.percentile(d["acc"], q).tolist(), "p_far": p_far, "replicates": len(d["far"])}
+    return out
 
 
 def evaluate(models: dict[str, str | Path], test_manifest, noise_manifest=None, baseline: str | None = None,
@@ -371,12 +422,15 @@ def evaluate(models: dict[str, str | Path], test_manifest, noise_manifest=None, 
         bp, bl = scores[baseline][cond]
         op = baseline_frr(bp, bl, classes, cfg.threshold, cfg.target_frr)
         base = detection_at(bp, bl, classes, op)
+        boot = (bootstrap_detection({n: scores[n][cond] for n in models}, classes, baseline, cfg)
+                if cfg.bootstrap else {})
         for name in models:
             p, lab = scores[name][cond]
             det = detection_at(p, lab, classes, op)
             acc = float((p.argmax(1) == lab).mean())
             entry = results["models"].setdefault(name, {"params": params[name], "checkpoint": str(models[name])})
-            entry[cond] = {**det.to_dict(), "relative_far": relative_far(det.far, base.far), "accuracy": acc}
+            entry[cond] = {**det.to_dict(), "relative_far": relative_far(det.far, base.far), "accuracy": acc,
+                           "n": int(len(lab)), **boot.get(name, {})}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -397,16 +451,27 @@ def table1(results: dict, sizes: dict[str, str] | None = None) -> str:
     head = "| Method | Model Size | " + " | ".join(f"Rel. FAR {c.title()}" for c in conds) + " | " + \
         " | ".join(f"FAR / FRR / Acc {c.title()}" for c in conds) + " |"
     lines = [head, "|" + "---|" * (2 + 2 * len(conds))]
+
+    def ci(m: dict, key: str) -> str:
+        lo_hi = m.get(f"{key}_ci")
+        return f" [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else ""
+
     for name, m in results["models"].items():
         size = (sizes or {}).get(name) or _size(m["params"])
-        rel = [f"{m[c]['relative_far']:.3f}" for c in conds]
-        absv = [f"{m[c]['far']:.3f} / {m[c]['frr']:.3f} / {m[c]['accuracy']:.3f}" for c in conds]
+        rel = [f"{m[c]['relative_far']:.3f}{ci(m[c], 'relative_far')}" for c in conds]
+        absv = [f"{m[c]['far']:.3f}{ci(m[c], 'far')} / {m[c]['frr']:.3f} / {m[c]['accuracy']:.3f}" for c in conds]
         lines.append(f"| {name} | {size} | " + " | ".join(rel) + " | " + " | ".join(absv) + " |")
     op = results["config"]
     where = f"target FRR {op['target_frr']}" if op.get("target_frr") is not None else f"posterior threshold {op['threshold']}"
+    first = next(iter(results["models"].values()))
     lines.append("")
     lines.append(f"Relative FAR = FAR / FAR of `{results['baseline']}` at its per-keyword FRR ({where}), "
                  f"averaged over keywords; playback = test set mixed with noise at {op['snr_db']} dB SNR.")
+    if op.get("bootstrap") and "far_ci" in first.get(conds[0], {}):
+        n = first[conds[0]].get("n")
+        lines.append(f"[95 % intervals]: paired bootstrap over the {n} test utterances ({op['bootstrap']} resamples, "
+                     f"the baseline's operating point recomputed on each); a row differs from the baseline beyond "
+                     f"noise only where its relative-FAR interval excludes 1.")
     return "\n".join(lines) + "\n"
 
 
@@ -546,6 +611,8 @@ def onnx_accuracy(onnx_path: str | Path, ckpt: str | Path, test_manifest, label_
 TABLE1_ROWS = {
     "kws_baseline": "Baseline w/o KD",
     "kws_baseline_small": "Ultra-light w/o KD",
+    "kws_baseline_ssl": "Baseline w/o KD, SSL pre-trained",
+    "kws_baseline_ssl_small": "Ultra-light w/o KD, SSL pre-trained",
     "kws_distilhubert": "DistilHuBERT",
     "kws_feature_view": "Feature-view",
     "kws_batch_view": "Batch-view",
@@ -591,7 +658,7 @@ def run_table(recipes: list[str | Path], teacher: str | Path, train_manifest, te
     return results
 
 
-__all__ = ["TABLE1_ROWS", "Detection", "FinetuneConfig", "KWSClassifier", "KWSEvalConfig", "KWSFinetune", "baseline_frr",
+__all__ = ["TABLE1_ROWS", "Detection", "bootstrap_detection", "FinetuneConfig", "KWSClassifier", "KWSEvalConfig", "KWSFinetune", "baseline_frr",
            "det_curve", "detection_at", "evaluate", "export_onnx", "far_at_frr", "finetune", "frr_far",
            "load_classifier", "onnx_accuracy", "plot_det", "quantize_int8", "relative_far", "run_table", "score", "table1",
            "threshold_at_frr"]

@@ -18,8 +18,9 @@ Losses (pure functions, §2):
 The training method :class:`DVCCDistiller` feeds the trainer (:mod:`s3kit.train.trainer`): the
 teacher's utterance feature is a learned softmax-weighted sum of its time-averaged states (all
 13 of a 12-layer teacher, or a subset such as 5-8, §4.4), the student's the time average of its
-last layer mapped to the teacher width by a linear head (dropped after distillation; the
-paper's students have the teacher's width 768 or 256, so it only needs one for ``small``).
+last layer, mapped to the teacher width by a linear head only when the widths differ (dropped
+after distillation; the paper's 768-wide student has none against its 768-wide teacher, the
+256-wide one has one).
 Normalisation in eq. (3) and (5) is by the root sum of squares exactly as printed: no
 mean-centering (unlike Barlow Twins).
 """
@@ -52,6 +53,9 @@ MASK_LENGTH = 20
 NUM_NEGATIVES = 100
 TEMPERATURE = 0.1
 DIVERSITY_WEIGHT = 0.1  # wav2vec 2.0's α, only for the codebook-from-scratch ablation
+# codebook=self (the self-supervised no-KD baseline: the student's own wav2vec 2.0 objective on
+# its fbank, no teacher): wav2vec 2.0 Base's codebook, 2 groups x 320 entries, 256-d code vectors
+SELF_CODEBOOK = (2, 320, 256)
 _EPS = 1e-8
 
 
@@ -246,6 +250,11 @@ class TeacherCodebook(nn.Module):
     def code_dim(self) -> int:
         return self.quantizer.codevectors.shape[-1] * self.num_groups
 
+    @property
+    def quantizer_config(self):
+        """What a codebook of the same shape is built from (``Wav2Vec2GumbelVectorQuantizer(config)``)."""
+        return self.cnn.model.config
+
     def extract_features(self, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Layer-normed CNN features ``[B, Tt, C_cnn]`` (the quantizer's input) and frame lengths ``[B]``."""
         feats = self.cnn.cnn(wavs, lengths)
@@ -273,14 +282,16 @@ class TeacherCodebook(nn.Module):
 class ScratchCodebook(nn.Module):
     """Ablation "codebook from scratch" (§4.3): a fresh wav2vec 2.0 Gumbel quantizer of the same
     shape as the teacher's, on the teacher's CNN features, trained with the student plus the
-    diversity loss that the teacher codebook makes unnecessary (§1)."""
+    diversity loss that the teacher codebook makes unnecessary (§1). ``quantizer_config`` is the
+    teacher codebook's (its ``quantizer_config``) or, for the self-supervised baseline, one whose
+    input width is the student's fbank (``codebook=self``)."""
 
-    def __init__(self, teacher: TeacherCodebook, start_temp: float = 2.0, end_temp: float = 0.5,
+    def __init__(self, quantizer_config, start_temp: float = 2.0, end_temp: float = 0.5,
                  decay: float = 0.999995):
         super().__init__()
         from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2GumbelVectorQuantizer
 
-        self.quantizer = Wav2Vec2GumbelVectorQuantizer(teacher.cnn.model.config)
+        self.quantizer = Wav2Vec2GumbelVectorQuantizer(quantizer_config)
         nn.init.normal_(self.quantizer.weight_proj.weight, mean=0.0, std=1.0)  # transformers' Gumbel init
         nn.init.zeros_(self.quantizer.weight_proj.bias)
         nn.init.uniform_(self.quantizer.codevectors)
@@ -316,16 +327,19 @@ class DVCCConfig:
 
     loss: utterance-level distillation term: ``dvcc`` (eq. 7), ``feature`` / ``batch`` (single
         views, eq. 4 / 6), ``utterance`` (eq. 2, DistilHuBERT-utterance), ``none``.
-    codebook: ``teacher`` (eq. 8 with the teacher's codebook), ``scratch`` (own codebook,
-        ablation), ``none``. ``loss=none, codebook=none`` is the no-KD baseline (random init).
+    codebook: ``teacher`` (eq. 8 with the teacher's codebook), ``scratch`` (own codebook on the
+        teacher's features, ablation), ``self`` (own codebook on the student's fbank: the
+        wav2vec 2.0 objective without any teacher, the self-supervised pretrained no-KD
+        baseline), ``none``. ``loss=none, codebook=none`` is the no-KD baseline (random init).
     teacher_layers: ``all`` (13 weights for a 12-layer teacher), ``5-8``, ``0-4,9-12``, ...
     batch_size: utterances per update (paper 512); max_duration caps seconds of audio per batch.
     stats_cuts: utterances used for the fbank mean / std.
+    self_codebook: (groups, entries, code dim) of the ``codebook=self`` codebook (wav2vec 2.0 Base's).
     """
 
     student: str = "large"
     loss: Literal["dvcc", "feature", "batch", "utterance", "none"] = "dvcc"
-    codebook: Literal["teacher", "scratch", "none"] = "teacher"
+    codebook: Literal["teacher", "scratch", "self", "none"] = "teacher"
     alpha: float = ALPHA
     beta: float = BETA
     gamma: float = GAMMA
@@ -337,6 +351,7 @@ class DVCCConfig:
     temperature: float = TEMPERATURE
     tcode_reduction: Literal["mean", "sum"] = "mean"
     diversity_weight: float = DIVERSITY_WEIGHT
+    self_codebook: tuple[int, int, int] = SELF_CODEBOOK  # (groups, entries, code dim) for codebook=self
     batch_size: int = 512  # §3.2
     max_duration: float = 600.0
     stats_cuts: int = 2000
@@ -347,14 +362,18 @@ class DVCCConfig:
     def __post_init__(self):
         if self.loss not in ("dvcc", "feature", "batch", "utterance", "none"):
             raise ValueError(f"loss={self.loss!r}: choose dvcc, feature, batch, utterance or none")
-        if self.codebook not in ("teacher", "scratch", "none"):
-            raise ValueError(f"codebook={self.codebook!r}: choose teacher, scratch or none")
+        if self.codebook not in ("teacher", "scratch", "self", "none"):
+            raise ValueError(f"codebook={self.codebook!r}: choose teacher, scratch, self or none")
         if not 0.0 < self.mask_prob <= 1.0 or self.mask_length < 1 or self.num_negatives < 1:
             raise ValueError("need 0 < mask_prob <= 1, mask_length >= 1, num_negatives >= 1")
 
     @property
     def distills(self) -> bool:
         return self.loss != "none" or self.codebook != "none"
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.loss != "none" or self.codebook in ("teacher", "scratch")
 
 
 def _batch_parts(batch) -> tuple[Tensor, Tensor, list[str] | None]:
@@ -404,15 +423,26 @@ class DVCCDistiller(nn.Module):
                 raise ValueError("an utterance-level loss needs the teacher (or teacher_dim and teacher_states)")
             self.layers = parse_layers(cfg.teacher_layers, teacher_states)
             self.layer_weights = LayerWeights(len(self.layers))
-            self.proj = nn.Linear(D, teacher_dim)  # prediction head, dropped after distillation
+            # eq. (3)-(7) compare H and O feature by feature, so they need one width: a linear map
+            # (dropped after distillation) only when the student's differs from the teacher's (the
+            # paper's 768-wide student against a 768-wide teacher has none)
+            self.proj = nn.Linear(D, teacher_dim) if D != teacher_dim else nn.Identity()
         self.codebook = codebook
         self.scratch = None
-        if cfg.codebook != "none":
+        if cfg.codebook == "self":
+            from types import SimpleNamespace
+
+            G, V, C = cfg.self_codebook
+            self.scratch = ScratchCodebook(SimpleNamespace(conv_dim=[student.config.fbank_bins], num_codevector_groups=G,
+                                                           num_codevectors_per_group=V, codevector_dim=C))
+            self.predict = nn.Linear(D, self.scratch.code_dim)  # the student's wav2vec 2.0 prediction layer
+        elif cfg.codebook != "none":
             if codebook is None:
-                raise ValueError("codebook distillation needs the teacher's Wav2Vec2ForPreTraining codebook")
+                raise ValueError("codebook distillation needs the teacher's codebook (a Wav2Vec2ForPreTraining "
+                                 "quantizer or an s3kit feature codebook)")
             self.codebook = codebook.eval()
             if cfg.codebook == "scratch":
-                self.scratch = ScratchCodebook(codebook)
+                self.scratch = ScratchCodebook(codebook.quantizer_config)
             code_dim = (self.scratch or codebook).code_dim
             self.predict = nn.Linear(D, code_dim)  # the student's wav2vec 2.0 prediction layer (final_proj)
         self.pooled_cache = pooled_cache
@@ -485,7 +515,12 @@ class DVCCDistiller(nn.Module):
         pred_all = self.predict(states[-1])  # (B, T, C)
         tmap = teacher_frame_of(torch.arange(T, device=feats.device))  # (T,)
         out: dict[str, Tensor] = {}
-        if self.scratch is None:
+        if cfg.codebook == "self":  # the student's own (unmasked, normalised) fbank frames are quantised
+            vecs, probs = self.scratch(feats[mask].float())
+            targets = pred_all.new_zeros(B, T, vecs.shape[-1])
+            targets[mask] = vecs.to(targets.dtype)
+            out["l_div"] = diversity_loss(probs)
+        elif self.scratch is None:
             codes, tlen = self.teacher_codes(wavs, lengths, ids)  # (B, Tt, G)
             j = torch.minimum(tmap[None].expand(B, T), (tlen - 1).clamp_min(0)[:, None])  # (B, T)
             targets = self.codebook.vectors(codes.gather(1, j[..., None].expand(B, T, codes.shape[-1])))  # (B, T, C)
@@ -499,9 +534,9 @@ class DVCCDistiller(nn.Module):
             targets[mask] = vecs.to(targets.dtype)
             out["l_div"] = diversity_loss(probs)
         neg = sample_negatives(mask, cfg.num_negatives)  # (B, T, N)
-        negatives = targets.gather(1, neg.flatten(1)[..., None].expand(B, T * cfg.num_negatives, targets.shape[-1]))
-        negatives = negatives.view(B, T, cfg.num_negatives, -1)  # (B, T, N, C)
-        out["l_tcode"] = teacher_codebook_loss(pred_all[mask], targets[mask], negatives[mask], cfg.temperature,
+        rows = mask.nonzero()[:, 0]  # (M,) the utterance of each masked frame
+        negatives = targets[rows[:, None], neg[mask]]  # (M, N, C): distractors of masked frames only
+        out["l_tcode"] = teacher_codebook_loss(pred_all[mask], targets[mask], negatives, cfg.temperature,
                                                cfg.tcode_reduction)
         return out
 
@@ -564,12 +599,18 @@ class DVCCDistiller(nn.Module):
 def load_teacher(path: str | Path, need_codebook: bool):
     """``(upstream, codebook or None)``. With a codebook the directory must hold a transformers
     ``Wav2Vec2ForPreTraining`` (quantizer weights included) or an ``s3kit pretrain wav2vec2``
-    checkpoint; its ``wav2vec2`` encoder is the upstream."""
+    checkpoint, whose ``wav2vec2`` encoder is the upstream; or an s3kit feature codebook
+    (:mod:`s3kit.methods.feature_codebook`: a Gumbel codebook learned on a frozen teacher, e.g.
+    ``src/s3kit/assets/demo_codebook_teacher``), whose teacher is the upstream."""
     import json
 
+    from s3kit.methods.feature_codebook import is_feature_codebook, load_feature_codebook
     from s3kit.upstream import load_upstream
     from s3kit.upstream.hf import HFUpstream
 
+    if is_feature_codebook(path):
+        up, codebook = load_feature_codebook(path)
+        return up, (codebook if need_codebook else None)
     if not need_codebook:
         return load_upstream(path), None
     cfg_file = Path(path) / "config.json"
@@ -715,18 +756,20 @@ def distill_dvcc(teacher: str | Path | None, manifest, cfg: DVCCConfig = DVCCCon
     if not cfg.distills:
         path = save_student(out_dir / "student", student, note="no distillation (baseline w/o KD)")
         return TrainResult(step=0, losses={}, val=[], checkpoint=path, out_dir=out_dir)
-    if teacher is None:
-        raise ValueError(f"loss={cfg.loss}, codebook={cfg.codebook} need a teacher")
-    up, codebook = load_teacher(teacher, need_codebook=cfg.codebook != "none")
-    up.to(device)
-    if codebook is not None:
-        codebook.to(device)
+    up = codebook = None
+    if cfg.needs_teacher:
+        if teacher is None:
+            raise ValueError(f"loss={cfg.loss}, codebook={cfg.codebook} need a teacher")
+        up, codebook = load_teacher(teacher, need_codebook=cfg.codebook in ("teacher", "scratch"))
+        up.to(device)
+        if codebook is not None:
+            codebook.to(device)
     layers = parse_layers(cfg.teacher_layers, up.num_layers) if cfg.loss != "none" else []
     vcuts = None
     if val_manifest is not None:
         vcuts = load_cuts(val_manifest) if isinstance(val_manifest, (str, Path)) else val_manifest
     pooled = codes = None
-    if cfg.cache:
+    if cfg.cache and up is not None:
         root = Path(cache_dir) if cache_dir is not None else out_dir / "teacher_cache"
         all_cuts = cuts if vcuts is None else cuts + vcuts
         pooled, codes = build_teacher_cache(all_cuts, up if layers else None,
