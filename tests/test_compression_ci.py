@@ -85,7 +85,6 @@ def test_study_rows_carry_probe_interval_and_speat_interval_over_targets_and_att
     from s3kit.data.manifest import save_cuts
     from s3kit.eval import speat as speat_mod
     from s3kit.eval.probe import read_predictions, score_interval
-    from s3kit.methods import prune
     from s3kit.testing import tiny_hf_dir, tone_cuts
 
     calls = []
@@ -118,5 +117,4 @@ def test_study_rows_carry_probe_interval_and_speat_interval_over_targets_and_att
         assert g["resample"] == "both" and g["ci_low"] <= g["ci_high"] and 0 <= g["p"] <= g["p_holm"] <= 1
     (c,) = rep["probe_vs_base"]
     assert c["model"] == "head-1" and c["diff"] == pytest.approx(rep["rows"][0]["probe"] - rep["base"]["probe"])
-    assert prune.heads_per_layer is not None
     assert "probe − base" in (tmp_path / "out" / "table.md").read_text()

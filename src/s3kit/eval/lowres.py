@@ -249,6 +249,8 @@ def score_cell(entry: dict) -> str:
 
 
 def updates_cell(entry: dict) -> str:
+    """``9.2k [8.1k, 10.3k]``: updates-to-best, mean [t interval] over seeds (the lower bound shown
+    at 0 at least: no run converges before its first update)."""
     if entry["updates_to_best_ci_low"] is None:
         return _k(entry["updates_to_best"])
     return (f"{_k(entry['updates_to_best'])} [{_k(max(0.0, entry['updates_to_best_ci_low']))}, "
