@@ -22,8 +22,10 @@ def register(sub) -> None:
         description="Bias paper §3.3: iterative head / row / weight pruning with fine-tuning between steps (the "
         "model's own pretraining loss for s3kit pretraining checkpoints, else distillation from the unpruned model) "
         "and DistilHuBERT students of several depths. After every step: parameters, sparsity, MACs, CPU latency, "
-        "probe score and SpEAT d. Writes study.json, study.csv, table.md (Table 4), d_vs_removed.png (Figure 2) and "
-        "distill_d.png (Figure 3). StudyConfig fields as key=value, e.g. steps_per_prune=20 max_prunes=3 "
+        "probe score with n and its 95 % interval, SpEAT d with its 95 % bootstrap interval (targets and attributes "
+        "resampled) and Holm p, and each model's probe score minus the base's with a paired test (Holm over the "
+        "models). Writes study.json, study.csv, table.md (Table 4 and every model), d_vs_removed.png (Figure 2, error "
+        "bars) and distill_d.png (Figure 3), predictions/ (per-item probe results). StudyConfig fields as key=value, e.g. steps_per_prune=20 max_prunes=3 "
         "row.per_step=64 row.min_rows=128 distill_steps=50 probe_updates=200.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

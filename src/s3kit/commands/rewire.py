@@ -43,7 +43,9 @@ def register(sub) -> None:
             description=f"{mode.capitalize()} rewiring: InfoNCE (cosine / tau 0.04) over 4 pairs per update, dropout 0.1, "
             "AdamW lr 1e-6, audio above 90k samples halved. Writes OUT/model (a transformers directory when the input "
             "was one; load it with s3kit.load_upstream), OUT/rewire.json and training checkpoints; with analysis "
-            "manifests also OUT/analysis/{geometry.json,tsne_*.png,table2.md,table2.json}. RewireConfig fields as "
+            "manifests also OUT/analysis/{geometry.json,tsne_*.png,table2.md,table2.json,table2_summary.json,"
+            "table2_predictions.jsonl.gz} (scores with 95 % intervals, rewired minus base per fraction with a paired "
+            "test, Holm over the fractions). RewireConfig fields as "
             "key=value (e.g. updates=200 train.lr=1e-5 dropout=null).")
         m.add_argument("--model", required=True, help="transformers directory / hub id, or an s3kit MelHuBERT checkpoint")
         m.add_argument("--manifest", default=None, help="unlabelled rewiring CutSet (transcripts needed for neutral/mixed)")
@@ -59,7 +61,9 @@ def register(sub) -> None:
     a = modes.add_parser("analyse", help="isotropy, t-SNE and the low-resource table for base vs rewired",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                          description="Compare upstreams: isotropy and t-SNE of utterance embeddings, and probes at "
-                         "1/5/10 %% of the training set with updates-to-best (the paper's Table 2).")
+                         "1/5/10 % of the training set with updates-to-best (the paper's Table 2): each score with its 95 % "
+                         "interval, each rewired model minus --base per fraction with a paired test on the same test "
+                         "items and seeds, Holm-adjusted over the fractions.")
     a.add_argument("--base", required=True, help="the model before rewiring")
     a.add_argument("--rewired", required=True, nargs="+", help="rewired model directories (name=DIR to label them)")
     a.add_argument("--out", required=True, help="output directory")

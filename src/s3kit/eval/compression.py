@@ -7,10 +7,18 @@ paper's 2 / 4 / 6-layer students predicting layers 4 and 12 of a 12-layer teache
 shallower teachers).
 
 Outputs under ``out``: ``study.json`` and ``study.csv`` (one row per evaluated model),
-``d_vs_removed.png`` (Figure 2: SpEAT d against parameters removed per pruning method, the
-unpruned d dashed), ``distill_d.png`` (Figure 3: d of the base model and each student) and
-``table.md`` (Table 4: probe score of the base, the middle and the sparsest model per method).
-Each pruned model is a checkpoint that ``s3kit.load_upstream`` reads.
+``d_vs_removed.png`` (Figure 2: SpEAT d against parameters removed per pruning method, with its
+95 % interval as error bars, the unpruned d dashed), ``distill_d.png`` (Figure 3: d of the base
+model and each student, with error bars), ``table.md`` (Table 4: probe score of the base, the
+middle and the sparsest model per method) and ``predictions/<method>-<step>.jsonl.gz`` (each
+model's per-item probe results). Each pruned model is a checkpoint that ``s3kit.load_upstream`` reads.
+
+Evidence (SPEC "Evaluation: Evidence"): every probe score carries its ``n`` test items and 95 %
+interval (Wilson for accuracy, utterance bootstrap for PER / WER); every d its percentile
+bootstrap interval resampling targets *and* attributes (``resample="both"``, :mod:`s3kit.eval.speat`)
+and its permutation p with Holm's adjustment over the tests of that model; each compressed
+model's probe score minus the base's is a paired test on the same items (exact McNemar /
+paired utterance bootstrap), Holm-adjusted over every model of the study.
 """
 
 from __future__ import annotations
@@ -64,7 +72,7 @@ class StudyConfig:
     distill_batch_size: int = 24
     tests: str = "gender,age,native"
     n_permutations: int = 10_000
-    n_bootstrap: int = 0
+    n_bootstrap: int = 10_000  # SpEAT d's interval (resampling targets and attributes); 0 skips it
     probe_updates: int | None = None  # None: the task's s3prl default
     latency_seconds: float = 4.0
     latency_repeats: int = 5
@@ -181,31 +189,50 @@ def _embed_speat(upstream, ev: Evaluation, cfg: StudyConfig) -> dict[str, dict[s
     if ev.stimuli is None:
         return {}
     cuts = load_stimuli(ev.stimuli) if isinstance(ev.stimuli, (str, Path)) else ev.stimuli
+    from s3kit.eval.stats import holm
+
     targets, A, B = stimulus_sets(cuts, parse_tests(cfg.tests))
     emb = utterance_embeddings(upstream, cuts, max_duration=cfg.max_duration, device=cfg.device, progress=False).mean(1)
     out = {}
     for name, (ix, iy) in targets.items():
         if len(ix) >= 2 and len(iy) >= 2 and A and B:
+            # the interval a verdict needs: other voices *and* other attribute clips (eval/speat.py)
             r = speat(emb[ix], emb[iy], emb[A], emb[B], n_permutations=cfg.n_permutations,
-                      n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
-            out[name] = {"d": r.d, "p": r.p_value}
+                      n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, resample="both")
+            out[name] = {"d": r.d, "p": r.p_value, "ci_low": _finite(r.ci_low), "ci_high": _finite(r.ci_high),
+                         "n_x": r.n_x, "n_y": r.n_y, "n_a": r.n_a, "n_b": r.n_b, "resample": r.resample}
+    for res, adj in zip(out.values(), holm([v["p"] for v in out.values()]) if out else []):
+        res["p_holm"] = adj  # over the tests of this model
     return out
 
 
-def _probe(upstream, ev: Evaluation, cfg: StudyConfig) -> float | None:
+def _finite(x: float) -> float | None:
+    """NaN (no interval asked for) -> None, so study.json is strict JSON."""
+    return None if x is None or math.isnan(x) else float(x)
+
+
+def _probe(upstream, ev: Evaluation, cfg: StudyConfig, label: str) -> dict:
+    """The probe's test score with its ``n`` and 95 % interval as row fields (``probe``,
+    ``probe_metric``, ``probe_n``, ``probe_ci_low``, ``probe_ci_high``, ``probe_predictions``: the
+    per-item results written to ``predictions/<label>.jsonl.gz``, relative to the study's out)."""
     if not ev.probe_task:
-        return None
-    from s3kit.eval.probe import ProbeConfig, run_probe
+        return {"probe": None}
+    from s3kit.eval.probe import ProbeConfig, run_probe, write_predictions
 
     pc = ProbeConfig(max_updates=cfg.probe_updates, device=cfg.device, progress=False, seed=cfg.seed,
                      cache_dir=str(ev.out / "feature_cache"))
     res = run_probe(upstream, ev.probe_task, ev.probe_data["train"], ev.probe_data["dev"], ev.probe_data["test"], pc)
-    return float(res.test)
+    rel = f"predictions/{label}.jsonl.gz"
+    write_predictions(res.predictions, ev.out / rel)
+    return {"probe": float(res.test), "probe_metric": res.metric, "probe_higher_is_better": res.higher_is_better,
+            "probe_n": res.n, "probe_ci_low": _finite(res.ci_low), "probe_ci_high": _finite(res.ci_high),
+            "probe_predictions": rel}
 
 
 def evaluate(model: nn.Module, base: dict, ev: Evaluation, cfg: StudyConfig, **info) -> dict:
     """One study row: params (and removed), heads, FFN widths, sparsity, MACs / s, CPU latency,
-    probe score and SpEAT d per test of ``model`` (an upstream).
+    probe score (with ``probe_n``, ``probe_ci_low``, ``probe_ci_high``) and SpEAT per test of
+    ``model`` (an upstream): ``{d, p, p_holm, ci_low, ci_high, n_x, n_y, n_a, n_b, resample}``.
 
     ``sparsity`` is that of the stored weights: the share of the base model's prunable entries
     that ``model`` no longer has (head / row pruning) or stores as exact zeros (weight pruning:
@@ -223,7 +250,8 @@ def evaluate(model: nn.Module, base: dict, ev: Evaluation, cfg: StudyConfig, **i
            "sparsity": (base.get("params", params) - params + zeros) / max(1, base.get("prunable", prune.prunable_count(enc))),
            "heads": sum(prune.heads_per_layer(enc)), "ffn": sum(prune.ffn_widths(enc)),
            "macs_per_second": eff.macs_per_second, "latency_ms": eff.latency_ms,
-           "probe": _probe(model, ev, cfg), "speat": _embed_speat(model, ev, cfg)}
+           **_probe(model, ev, cfg, f"{info.get('method', 'model')}-{info.get('step', 0)}"),
+           "speat": _embed_speat(model, ev, cfg)}
     return row
 
 
@@ -465,8 +493,8 @@ def _distill(model_path, cuts, base, ev, cfg: StudyConfig, out: Path) -> tuple[l
 
 
 def _print_row(row: dict) -> None:
-    d = ", ".join(f"{t} d={v['d']:.2f}" for t, v in row["speat"].items())
-    probe = "" if row["probe"] is None else f", probe {100 * row['probe']:.1f}"
+    d = ", ".join(f"{t} d={_d(v)}" for t, v in row["speat"].items())
+    probe = "" if row["probe"] is None else f", probe {_probe_cell(row)}, n={row.get('probe_n')}"
     print(f"[{row['method']} {row['step']}] params {row['params'] / 1e6:.2f}M (removed {row['params_removed']:,}, "
           f"sparsity {row['sparsity']:.2f}), latency {row['latency_ms']:.1f} ms{probe}{(', ' + d) if d else ''}", flush=True)
 
@@ -529,6 +557,7 @@ def _cfg_dict(cfg: StudyConfig) -> dict:
 def _write(report: dict, out: Path) -> None:
     from s3kit.checkpoint import write_atomic
 
+    report["probe_vs_base"] = probe_comparisons(report, out, seed=report.get("config", {}).get("seed", 0))
     write_atomic(out / "study.json", json.dumps(report, indent=2, default=str) + "\n")
     write_atomic(out / "study.csv", to_csv(report))
     write_atomic(out / "table.md", table(report))
@@ -544,16 +573,71 @@ def _tests(report: dict) -> list[str]:
     return names
 
 
+def _label(r: dict) -> str:
+    return f"{r['method']}-{r['step']}"
+
+
+def probe_comparisons(report: dict, out: Path, seed: int = 0) -> list[dict]:
+    """Each compressed model's probe score minus the base's on the same test items
+    (:func:`s3kit.eval.probe.compare_items`: accuracy with exact McNemar p, PER / WER with the
+    paired utterance bootstrap), Holm-adjusted over every model of the study:
+    ``[{model, method, step, diff, ci_low, ci_high, p, p_holm, n}]``; empty without a probe."""
+    from s3kit.eval.probe import compare_items, read_predictions
+    from s3kit.eval.stats import holm
+
+    base = report["base"]
+    if not base.get("probe_predictions"):
+        return []
+    ref = read_predictions(Path(out) / base["probe_predictions"])
+    comps = []
+    for r in report["rows"]:
+        if r.get("probe_predictions"):
+            c = compare_items(read_predictions(Path(out) / r["probe_predictions"]), ref, seed=seed)
+            comps.append({"model": _label(r), "method": r["method"], "step": r["step"], "diff": c.diff,
+                          "ci_low": c.ci_low, "ci_high": c.ci_high, "p": c.p, "n": c.n})
+    for c, adj in zip(comps, holm([c["p"] for c in comps]) if comps else []):
+        c["p_holm"] = adj
+    return comps
+
+
 def to_csv(report: dict) -> str:
+    """One line per model: sizes, speed, the probe score with ``probe_n`` and its interval, and per
+    SpEAT test d with its interval, p and Holm-adjusted p."""
     tests = _tests(report)
+    speat_cols = [f"{k}_{t}" for t in tests for k in ("d", "d_ci_low", "d_ci_high", "p", "p_holm")]
     cols = ["method", "step", "train_step", "params", "params_removed", "sparsity", "heads", "ffn",
-            "macs_per_second", "latency_ms", "probe"] + [f"d_{t}" for t in tests] + ["checkpoint"]
+            "macs_per_second", "latency_ms", "probe", "probe_n", "probe_ci_low", "probe_ci_high"] + speat_cols + ["checkpoint"]
+    fields = {f"{k}_{t}": (t, {"d_ci_low": "ci_low", "d_ci_high": "ci_high"}.get(k, k))
+              for t in tests for k in ("d", "d_ci_low", "d_ci_high", "p", "p_holm")}
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(cols)
     for r in [report["base"], *report["rows"]]:
-        w.writerow([r.get(c, "") if not c.startswith("d_") else r["speat"].get(c[2:], {}).get("d", "") for c in cols])
+        w.writerow([r["speat"].get(fields[c][0], {}).get(fields[c][1], "") if c in fields else r.get(c, "")
+                    for c in cols])
     return buf.getvalue()
+
+
+def _interval(v: float, lo, hi, digits: int, scale: float = 1.0) -> str:
+    if lo is None or hi is None:
+        return f"{scale * v:.{digits}f} [n.a.]"
+    return f"{scale * v:.{digits}f} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+
+
+def _probe_cell(r: dict | None) -> str:
+    """``85.0 [80.1, 89.0]``: the probe score in % with its 95 % interval."""
+    if r is None or r.get("probe") is None:
+        return "–"
+    return _interval(r["probe"], r.get("probe_ci_low"), r.get("probe_ci_high"), 1, 100)
+
+
+def _d(v: dict) -> str:
+    """``0.45 [-0.30, 1.20]``: d with its 95 % bootstrap interval."""
+    return _interval(v["d"], v.get("ci_low"), v.get("ci_high"), 2)
+
+
+def _pval(p: float) -> str:
+    return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
 
 
 def _middle(rows: list[dict], method: str, base: dict) -> dict | None:
@@ -577,11 +661,10 @@ def table(report: dict) -> str:
     base = report["base"]
     tests = _tests(report)
 
-    def probe(r):
-        return "–" if r is None or r.get("probe") is None else f"{100 * r['probe']:.1f}"
+    probe = _probe_cell
 
     def d(r, t):
-        return "–" if r is None or t not in r["speat"] else f"{r['speat'][t]['d']:.2f}"
+        return "–" if r is None or t not in r["speat"] else _d(r["speat"][t])
 
     head = ["method", "params (M)", "latency (ms)", "probe base", "probe middle / sparsest"] + [f"d {t} base → middle / sparsest" for t in tests]
     lines = [f"Model: `{report['model']}` (fine-tuning loss: {report['loss']})", "",
@@ -599,13 +682,66 @@ def table(report: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Middle = half the heads, half the FFN rows, weight sparsity 0.4, or the shallowest student "
               "(bias paper Table 4); sparsest = the last step. Probe in % (PER: lower is better)."]
+    lines += _evidence_notes(report)
     for n in report.get("notes", []):
         lines.append(f"- {n}")
+    lines += ["", *every_model_table(report)]
     return "\n".join(lines) + "\n"
 
 
+def _evidence_notes(report: dict) -> list[str]:
+    base, notes = report["base"], []
+    if base.get("probe") is not None:
+        kind = "Wilson" if base.get("probe_higher_is_better", True) else "utterance bootstrap"
+        notes.append(f"Probe {base.get('probe_metric', '')} [95 % {kind} interval], n={base.get('probe_n')} test items.")
+    if base["speat"]:
+        v = next(iter(base["speat"].values()))
+        src = {"both": "targets and attributes", "targets": "targets", "attributes": "attributes"}.get(v.get("resample"), "")
+        notes.append(f"SpEAT d [95 % percentile bootstrap interval over {src}], {v['n_x']} + {v['n_y']} targets, "
+                     f"{v['n_a']} + {v['n_b']} attributes; n.a. = no interval (n_bootstrap=0).")
+    return [" ".join(notes)] if notes else []
+
+
+def every_model_table(report: dict) -> list[str]:
+    """Markdown lines: every evaluated model with its probe score [95 % CI], the difference to the
+    base with its paired test and Holm p (``n.s.``: not significant at 0.05), and d [95 % CI] per
+    SpEAT test with its permutation p Holm-adjusted over that model's tests."""
+    tests = _tests(report)
+    comps = {c["model"]: c for c in report.get("probe_vs_base") or []}
+    head = ["model", "params removed", "probe % [95 % CI]", "probe − base, points [95 % CI]", "p", "Holm p"]
+    head += [f"d {t} [95 % CI] (Holm p)" for t in tests]
+    lines = ["Every model: probe score minus the base's paired on the same test items (exact McNemar for "
+             "accuracy, paired utterance bootstrap for PER / WER), Holm over the models; SpEAT p Holm-adjusted "
+             "over the tests of each model.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in [report["base"], *report["rows"]]:
+        c = comps.get(_label(r))
+        if c is None:
+            diff = p = ph = "–"
+        else:
+            lo, hi = 100 * c["ci_low"] + 0.0, 100 * c["ci_high"] + 0.0
+            diff = f"{100 * c['diff'] + 0.0:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+            p = _pval(c["p"])
+            ph = _pval(c["p_holm"]) if c["p_holm"] < 0.05 else f"n.s. ({_pval(c['p_holm'])})"
+        cells = [_label(r), f"{r['params_removed']:,}", _probe_cell(r), diff, p, ph]
+        cells += ["–" if t not in r["speat"] else f"{_d(r['speat'][t])} ({_pval(r['speat'][t].get('p_holm', r['speat'][t]['p']))})"
+                  for t in tests]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _with_errors(points) -> tuple[list[float], list[float], list[list[float]]]:
+    """``[(x, speat result)]`` -> x, d and matplotlib's ``yerr`` ``[below, above]`` (0 without an interval)."""
+    xs = [x for x, _ in points]
+    ys = [v["d"] for _, v in points]
+    # a percentile interval need not contain d itself; matplotlib refuses negative bar lengths
+    below = [max(0.0, v["d"] - v["ci_low"]) if v.get("ci_low") is not None else 0.0 for _, v in points]
+    above = [max(0.0, v["ci_high"] - v["d"]) if v.get("ci_high") is not None else 0.0 for _, v in points]
+    return xs, ys, [below, above]
+
+
 def plot_pruning(report: dict, path: Path) -> None:
-    """Figure 2: SpEAT d vs parameters removed, one panel per pruning method, unpruned d dashed."""
+    """Figure 2: SpEAT d vs parameters removed, one panel per pruning method, each d with its 95 %
+    interval as an error bar, unpruned d dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -618,14 +754,16 @@ def plot_pruning(report: dict, path: Path) -> None:
     for ax, method in zip(axes[0], methods or ["none"]):
         rows = [report["base"]] + [r for r in report["rows"] if r["method"] == method]
         for i, t in enumerate(tests):
-            pts = [(r["params_removed"] / 1e6, r["speat"][t]["d"]) for r in rows if t in r["speat"]]
+            pts = [(r["params_removed"] / 1e6, r["speat"][t]) for r in rows if t in r["speat"]]
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, color=colors[i % len(colors)], label=t)
+                xs, ys, err = _with_errors(pts)
+                ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, capsize=2, lw=1, elinewidth=0.7,
+                            color=colors[i % len(colors)], label=t)
             if t in report["base"]["speat"]:
                 ax.axhline(report["base"]["speat"][t]["d"], ls="--", lw=0.9, color=colors[i % len(colors)])
         ax.set_title(f"{method} pruning")
         ax.set_xlabel("parameters removed (M)")
-        ax.set_ylabel("SpEAT d")
+        ax.set_ylabel("SpEAT d [95 % CI]")
         if tests:
             ax.legend(fontsize=7)
     fig.tight_layout()
@@ -634,7 +772,7 @@ def plot_pruning(report: dict, path: Path) -> None:
 
 
 def plot_distill(report: dict, path: Path) -> None:
-    """Figure 3: SpEAT d of the base model and each distilled depth, grouped by test."""
+    """Figure 3: SpEAT d of the base model and each distilled depth, grouped by test, with error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -646,12 +784,12 @@ def plot_distill(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(1.2 + 1.4 * max(1, len(tests)), 3.2))
     width = 0.8 / max(1, len(rows))
     for j, (r, lab) in enumerate(zip(rows, labels)):
-        ys = [r["speat"].get(t, {}).get("d", math.nan) for t in tests]
-        ax.bar([i + j * width for i in range(len(tests))], ys, width, label=lab)
+        _, ys, err = _with_errors([(i, r["speat"].get(t, {"d": math.nan})) for i, t in enumerate(tests)])
+        ax.bar([i + j * width for i in range(len(tests))], ys, width, yerr=err, capsize=2, label=lab)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tests))])
     ax.set_xticklabels(tests)
     ax.axhline(0, color="black", lw=0.6)
-    ax.set_ylabel("SpEAT d")
+    ax.set_ylabel("SpEAT d [95 % CI]")
     ax.legend(title="layers", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -45,6 +45,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from s3kit.data.augment import TWIN_FRACTION, span_mask
+# The low-resource analysis (Table 2, with intervals and paired tests) lives in s3kit.eval.lowres;
+# re-exported here for analyse() and earlier callers.
+from s3kit.eval.lowres import (FRACTIONS, compare_low_resource, flat_predictions, low_resource,
+                               strip_predictions, summarise_low_resource, table2)
 from s3kit.train.trainer import TrainConfig
 from s3kit.upstream.base import Hidden, Upstream
 
@@ -569,8 +573,6 @@ def rewire(model, manifest, cfg: RewireConfig = RewireConfig(), out_dir: str | P
 
 # ----------------------------------------------------------------------------- analysis (§3.3)
 
-FRACTIONS = (0.01, 0.05, 0.1)  # §3.1: 1 %, 5 %, 10 % of each task's training set
-
 
 def geometry(upstreams: dict[str, Upstream], cuts, out_dir: str | Path, label: str = "keyword",
              max_duration: float = 60.0, progress: bool = True) -> dict[str, dict]:
@@ -602,80 +604,17 @@ def geometry(upstreams: dict[str, Upstream], cuts, out_dir: str | Path, label: s
     return out
 
 
-def low_resource(upstreams: dict[str, Upstream], task: str, train, dev, test,
-                 fractions=FRACTIONS, probe_cfg=None, seeds=(0,)) -> list[dict]:
-    """Probe every upstream on ``task`` with each training ``fraction`` (and seed): the paper's
-    Table 2 rows ``{fraction, model, seed, metric, test, dev, updates_to_best, updates, num_train}``."""
-    from s3kit.eval.probe import ProbeConfig, run_probe
-
-    probe_cfg = probe_cfg if probe_cfg is not None else ProbeConfig()
-    rows = []
-    for fraction in fractions:
-        for name, up in upstreams.items():
-            for seed in seeds:
-                r = run_probe(up, task, train, dev, test, dataclasses.replace(probe_cfg, fraction=fraction, seed=seed))
-                rows.append({"fraction": fraction, "model": name, "seed": seed, "task": task, "metric": r.metric,
-                             "higher_is_better": r.higher_is_better, "test": r.test, "dev": r.dev,
-                             "updates_to_best": r.updates_to_best, "updates": r.updates, "num_train": r.num_train,
-                             "lr": r.lr})
-    return rows
-
-
-def _k(n: float) -> str:
-    return f"{n / 1000:.3g}k" if n >= 1000 else f"{n:.0f}"
-
-
-def summarise_low_resource(rows: list[dict]) -> list[dict]:
-    """One entry per (fraction, model, task) of :func:`low_resource` rows, averaged over seeds:
-    ``{fraction, model, task, metric, higher_is_better, num_train, test, test_std, updates_to_best}``
-    (``test_std`` None for one seed), in fraction order, models in first-seen order."""
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    tasks = sorted({r["task"] for r in rows})
-    out = []
-    for fraction in sorted({r["fraction"] for r in rows}):
-        for model in models:
-            for task in tasks:
-                sel = [r for r in rows if r["fraction"] == fraction and r["model"] == model and r["task"] == task]
-                if not sel:
-                    continue
-                scores = np.array([r["test"] for r in sel])
-                out.append({"fraction": fraction, "model": model, "task": task, "metric": sel[0]["metric"],
-                            "higher_is_better": sel[0]["higher_is_better"], "num_train": sel[0].get("num_train"),
-                            "test": float(scores.mean()), "test_std": float(scores.std(ddof=1)) if len(sel) > 1 else None,
-                            "updates_to_best": float(np.mean([r["updates_to_best"] for r in sel]))})
-    return out
-
-
-def table2(rows: list[dict]) -> str:
-    """Markdown in the layout of the paper's Table 2: one row per (fraction, model), the test metric
-    (%) and ⌚ = probe updates to the best dev score; mean ± std over seeds when there are several."""
-    summary = summarise_low_resource(rows)
-    tasks = sorted({r["task"] for r in summary})
-    head = "| Tr. | Model | " + " | ".join(
-        f"{t.upper()} {next(r for r in summary if r['task'] == t)['metric']} "
-        f"{'↑' if next(r for r in summary if r['task'] == t)['higher_is_better'] else '↓'} | ⌚" for t in tasks) + " |"
-    lines = [head, "|---|---|" + "---:|---:|" * len(tasks)]
-    for fraction, model in dict.fromkeys((r["fraction"], r["model"]) for r in summary):
-        cells = []
-        for t in tasks:
-            sel = [r for r in summary if r["fraction"] == fraction and r["model"] == model and r["task"] == t]
-            if not sel:
-                cells += ["", ""]
-                continue
-            r = sel[0]
-            score = f"{100 * r['test']:.2f}" + (f" ± {100 * r['test_std']:.2f}" if r["test_std"] is not None else "")
-            cells += [score, _k(r["updates_to_best"])]
-        lines.append(f"| {fraction * 100:g}% | {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def analyse(upstreams: dict[str, Upstream | str | Path], out_dir: str | Path, geometry_cuts=None,
             label: str = "keyword", task: str | None = None, train=None, dev=None, test=None,
             fractions=FRACTIONS, probe_cfg=None, seeds=(0,), progress: bool = True) -> dict:
     """The paper's analyses for base vs rewired models, written to ``out_dir``:
     ``geometry.json`` + ``tsne_<name>.png`` (isotropy / t-SNE on ``geometry_cuts``, coloured by
-    ``label``) and ``table2.md`` + ``table2.json`` (low-resource probes on ``task`` with
-    updates-to-best). Either part is skipped when its inputs are None. Returns what it wrote."""
+    ``label``) and the low-resource probes on ``task`` (:mod:`s3kit.eval.lowres`): ``table2.json``
+    (one row per probe run), ``table2_predictions.jsonl.gz`` (their per-item results),
+    ``table2_summary.json`` (scores with intervals; each model minus the first, the model before
+    rewiring, per fraction with a paired test and Holm p) and ``table2.md``. Either part is
+    skipped when its inputs are None. Returns what it wrote (``table2``: the rows, per-item
+    results included)."""
     from s3kit.checkpoint import write_atomic
     from s3kit.upstream import load_upstream
 
@@ -691,12 +630,17 @@ def analyse(upstreams: dict[str, Upstream | str | Path], out_dir: str | Path, ge
     if task is not None:
         if train is None or dev is None or test is None:
             raise ValueError(f"the low-resource table for {task} needs train, dev and test manifests")
+        from s3kit.eval.probe import write_predictions
+
         rows = low_resource(ups, task, train, dev, test, fractions, probe_cfg, seeds)
         report["table2"] = rows
-        write_atomic(out_dir / "table2.json", json.dumps(rows, indent=2))
+        report["table2_summary"] = {"summary": summarise_low_resource(rows), "comparisons": compare_low_resource(rows)}
+        write_atomic(out_dir / "table2.json", json.dumps(strip_predictions(rows), indent=2))
+        write_predictions(flat_predictions(rows), out_dir / "table2_predictions.jsonl.gz")
+        write_atomic(out_dir / "table2_summary.json", json.dumps(report["table2_summary"], indent=2))
         write_atomic(out_dir / "table2.md", table2(rows))
     return report
 
 
-__all__ = ["FRACTIONS", "MODES", "analyse", "geometry", "low_resource", "summarise_low_resource", "table2", "NeutralBank", "NeutralMissingError", "Rewire", "RewireConfig", "find_neutral_manifest",
+__all__ = ["FRACTIONS", "MODES", "analyse", "compare_low_resource", "geometry", "low_resource", "summarise_low_resource", "table2", "NeutralBank", "NeutralMissingError", "Rewire", "RewireConfig", "find_neutral_manifest",
            "info_nce", "nt_xent", "rewire", "save_upstream", "split_long", "twin", "utterance_embedding"]
