@@ -180,7 +180,7 @@ def test_mixed_uses_both_views(tmp_path):
     for r, c in zip(renders, cuts):
         r.supervisions[0].custom["neutral_of"] = c.id
     bank = rw.NeutralBank(renders, cache=tmp_path / "cache", tts=False)
-    method = rw.Rewire(up, rw.RewireConfig(mode="mixed", mixed_negatives="both"), bank)
+    method = rw.Rewire(up, rw.RewireConfig(mode="mixed", mixed_negatives="union"), bank)
     assert all(m.p == pytest.approx(0.1) for m in up.modules() if isinstance(m, torch.nn.Dropout))
     shares = []
     for seed in range(4):

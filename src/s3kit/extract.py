@@ -5,6 +5,7 @@ Output directory layout::
     OUT/shards/00000.safetensors   one shard per batch: {cut_id: [L', T, D] or [L', D]} in fp16
     OUT/index.jsonl                one line per finished shard: {"shard", "ids", "frames"}
     OUT/extract.json               what was extracted (upstream, layers, pooling, frame rate)
+    OUT/skipped_audio.jsonl        with on_bad_audio="skip": the cuts left out, with file and reason
 
 Resumable: a shard is listed in the index only after it is fully written, and a rerun skips
 every cut already listed. A rerun with different settings on the same OUT is an error.
@@ -23,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from s3kit.data.badaudio import MAX_BAD_SHARE, skipped_path
 from s3kit.upstream.base import Upstream
 
 
@@ -33,6 +35,11 @@ class ExtractConfig:
     max_duration: float = 120.0  # seconds of audio per batch
     dtype: Literal["float16", "float32"] = "float16"
     device: str = "auto"
+    on_bad_audio: Literal["error", "skip"] = "error"  # s3kit.data.badaudio: stop at a bad cut, or leave it out
+    max_bad_share: float = MAX_BAD_SHARE  # with "skip": stop when more cuts than this share are bad
+
+    # how a run treats bad input, not what it extracts: a rerun may change these
+    RUN_ONLY = ("device", "max_duration", "on_bad_audio", "max_bad_share")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -83,8 +90,8 @@ def extract(
     (out / "shards").mkdir(parents=True, exist_ok=True)
     meta = {"upstream": getattr(upstream, "name", type(upstream).__name__), "frame_rate": upstream.frame_rate,
             **asdict(cfg)}
-    meta.pop("device")
-    meta.pop("max_duration")
+    for key in ExtractConfig.RUN_ONLY:
+        meta.pop(key)
     meta_path = out / "extract.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
@@ -99,7 +106,10 @@ def extract(
     device = resolve_device(cfg.device)
     upstream = upstream.to(device).eval()
     dtype = getattr(torch, cfg.dtype)
-    loader = make_loader(todo, max_duration=cfg.max_duration, shuffle=False)
+    loader = make_loader(todo, max_duration=cfg.max_duration, shuffle=False, on_bad_audio=cfg.on_bad_audio,
+                         max_bad_share=cfg.max_bad_share)
+    loader.bad_audio.total = len(cuts)  # the share is of the whole manifest, also on a resumed run
+    loader.bad_audio.log_to(skipped_path(out))
     shard_no = len(list((out / "shards").glob("*.safetensors")))
     bar = tqdm(total=len(todo), desc=f"extract {meta['upstream']}", unit="utt", disable=not progress)
     with open(out / "index.jsonl", "a") as index:
@@ -120,7 +130,7 @@ def extract(
             index.write(json.dumps({"shard": name, "ids": batch.ids, "frames": frames}) + "\n")
             index.flush()
             shard_no += 1
-            bar.update(len(batch))
+            bar.update(len(batch) + len(batch.skipped))
     bar.close()
     return out
 

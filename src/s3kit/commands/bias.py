@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from s3kit.commands._args import add_bad_audio
+
 
 def register(sub) -> None:
     from s3kit.eval.bias import DEFAULT_TESTS, LAYER_BOOTSTRAP, LAYER_PERMUTATIONS, TESTS
@@ -35,6 +37,7 @@ def register(sub) -> None:
     p.add_argument("--max-duration", type=float, default=60.0, help="seconds of audio per batch")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
     p.add_argument("--tsne", action="store_true", help="also write a t-SNE PNG of the stimuli per upstream")
+    add_bad_audio(p)
     p.set_defaults(func=run)
 
 
@@ -45,7 +48,8 @@ def run(args) -> int:
         report = bias(args.upstream, args.stimuli, args.out, tests=args.tests, n_permutations=args.n_permutations,
                       n_bootstrap=args.n_bootstrap, layer_permutations=args.layer_permutations,
                       layer_bootstrap=args.layer_bootstrap, level=args.level, seed=args.seed,
-                      max_duration=args.max_duration, device=args.device, tsne=args.tsne)
+                      max_duration=args.max_duration, device=args.device, tsne=args.tsne,
+                      on_bad_audio=args.on_bad_audio, max_bad_share=args.max_bad_share)
     except ValueError as e:  # bad stimuli / test spec: one clear line
         print(f"s3kit bias: error: {e}", file=sys.stderr)
         return 2

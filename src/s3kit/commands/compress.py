@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from s3kit.commands._args import add_train_bad_audio, train_bad_audio_overrides
+
 
 def register(sub) -> None:
     from s3kit.eval.compression import METHODS
@@ -37,6 +39,7 @@ def register(sub) -> None:
     s.add_argument("--probe-subset", default=None, help="manifest prefix of the probe task (pr: sentences, ks: keywords)")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--recipe", default=None, help="recipe YAML with StudyConfig fields")
+    add_train_bad_audio(s, key="on_bad_audio")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="StudyConfig fields")
     s.set_defaults(func=run_study)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -60,7 +63,8 @@ def run_study(args) -> int:
     from s3kit.eval.compression import StudyConfig, study
 
     try:
-        cfg = build(StudyConfig, args.recipe, [*args.overrides, f"methods=[{args.methods}]"])
+        cfg = build(StudyConfig, args.recipe, [*args.overrides, *train_bad_audio_overrides(args),
+                                               f"methods=[{args.methods}]"])
         manifest = args.manifest or _manifest(args.data, "sentences_train.jsonl.gz")
         if manifest is None:
             raise ValueError("give --manifest (fine-tuning CutSet) or --data with manifests/sentences_train.jsonl.gz")

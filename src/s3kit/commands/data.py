@@ -1,8 +1,9 @@
-"""``s3kit data``: prepare real corpora, take seeded subsets, make speaker-disjoint splits.
+"""``s3kit data``: prepare real corpora, take seeded subsets, make speaker-disjoint splits, find bad audio.
 
     s3kit data prepare <corpus> ROOT OUT        # OUT/<corpus>_<split>.jsonl.gz (docs/data.md)
     s3kit data subset IN OUT --fraction 0.1 --key keyword --seed 0
     s3kit data split IN OUTDIR --seed 0         # OUTDIR/{train,dev,test}.jsonl.gz, no shared speaker
+    s3kit data check MANIFEST --out CLEAN       # every unusable file; CLEAN = the manifest without them
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def register(subparsers) -> None:
     from s3kit.data.subsets import speaker_disjoint_split, stratified_subset
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = subparsers.add_parser("data", help="prepare corpora as lhotse manifests; subsets; splits", formatter_class=fmt)
+    parser = subparsers.add_parser("data", help="prepare corpora as lhotse manifests; subsets; splits; check for bad audio", formatter_class=fmt)
     sub = parser.add_subparsers(dest="data_command", required=True)
 
     p = sub.add_parser("prepare", help="a real corpus -> OUT/<corpus>_<split>.jsonl.gz", formatter_class=fmt)
@@ -54,6 +55,28 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--key", default=d["key"], help="label holding the speaker")
     p.set_defaults(func=run_split)
+
+    from s3kit.data.check import CheckConfig
+
+    c = CheckConfig()
+    p = sub.add_parser(
+        "check", formatter_class=fmt,
+        help="decode every cut once and report unusable audio (exit 1 when any)",
+        description="Decode every cut of MANIFEST once and report every problem with its cut, file and reason: "
+        "missing, unreadable, truncated, empty, too short, NaN/Inf, silent, clipped, or a sample rate, channel "
+        "count or duration that differs from the manifest. Writes --report (JSON lines) and a summary table "
+        "next to it (.md); with --out, the manifest without the bad cuts. Exit code 0 when clean, 1 when "
+        "problems were found. See docs/data.md.")
+    p.add_argument("manifest", help="manifest (*.jsonl.gz)")
+    p.add_argument("--out", default=None, help="write the manifest without the bad cuts here")
+    p.add_argument("--report", default="check.jsonl", help="problems, one JSON line each; the table goes to the same name with .md")
+    p.add_argument("--jobs", type=int, default=4, help="decoding threads")
+    p.add_argument("--min-duration", type=float, default=c.min_duration,
+                   help="seconds; shorter cuts are reported (set it to your model's receptive field)")
+    p.add_argument("--silence-peak", type=float, default=c.silence_peak, help="a peak |x| at or below this is silent")
+    p.add_argument("--max-clipped", type=float, default=c.max_clipped, help="share of full-scale samples above which a cut is clipped")
+    p.add_argument("--duration-tolerance", type=float, default=c.duration_tolerance, help="seconds")
+    p.set_defaults(func=run_check)
 
 
 def run_prepare(args) -> int:
@@ -100,3 +123,27 @@ def run_split(args) -> int:
         path = save_cuts(part, Path(args.outdir) / f"{name}.jsonl.gz")
         print(f"{path}: {len(part)} cuts")
     return 0
+
+
+def run_check(args) -> int:
+    from pathlib import Path
+
+    from s3kit.data.check import CheckConfig, check_cuts, clean_cuts, summary_table, write_report
+    from s3kit.data.manifest import load_cuts, save_cuts
+
+    cfg = CheckConfig(min_duration=args.min_duration, silence_peak=args.silence_peak, max_clipped=args.max_clipped,
+                      duration_tolerance=args.duration_tolerance)
+    cuts = load_cuts(args.manifest)
+    report = check_cuts(cuts, cfg, jobs=args.jobs)
+    table = summary_table(report)
+    path = write_report(report, args.report)
+    from s3kit.checkpoint import write_atomic
+
+    write_atomic(Path(path).with_suffix(".md"), table + "\n")
+    print(table)
+    print(f"report: {path}")
+    if args.out is not None:
+        kept = clean_cuts(cuts, report)
+        save_cuts(kept, args.out)
+        print(f"{args.out}: {len(kept)} of {report.n_cuts} cuts")
+    return 0 if report.clean else 1

@@ -7,6 +7,8 @@ import os
 
 
 def register(sub) -> None:
+    from s3kit.commands._args import add_train_bad_audio
+
     p = sub.add_parser("distill", help="distil a teacher encoder into a smaller student",
                        description="Distil a teacher into a student; one subcommand per method.")
     methods = p.add_subparsers(dest="method", metavar="METHOD")
@@ -26,6 +28,7 @@ def register(sub) -> None:
     d.add_argument("--recipe", default=None, help="recipe YAML (e.g. recipes/distilhubert.yaml); defaults = the paper")
     d.add_argument("--out", required=True, help="output directory (checkpoints, metrics.csv, teacher cache)")
     d.add_argument("--cache-dir", default=None, help="teacher-feature cache directory (default OUT/teacher_cache)")
+    add_train_bad_audio(d)
     d.add_argument("overrides", nargs="*", metavar="key=value", help="DistilConfig fields")
     d.set_defaults(func=run_distilhubert)
     from s3kit.commands.kws import register_dvcc
@@ -38,7 +41,10 @@ def run_distilhubert(args) -> int:
     from s3kit.config import build
     from s3kit.methods.distilhubert import MELHUBERT, DistilConfig, distill, student_kind
 
-    cfg = build(DistilConfig, args.recipe, [*args.overrides, f"train.out_dir={args.out}"])
+    from s3kit.commands._args import train_bad_audio_overrides
+
+    train = [f"train.{o}" for o in train_bad_audio_overrides(args)]
+    cfg = build(DistilConfig, args.recipe, [*args.overrides, *train, f"train.out_dir={args.out}"])
     res = distill(args.teacher, args.manifest, cfg, val_manifest=args.val_manifest, cache_dir=args.cache_dir)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0

@@ -15,6 +15,7 @@ def _layers(text: str) -> list[int] | None:
 
 
 def register(sub) -> None:
+    from s3kit.commands._args import add_bad_audio
     from s3kit.extract import ExtractConfig
 
     d = ExtractConfig()
@@ -33,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--max-duration", type=float, default=d.max_duration, help="seconds of audio per batch")
     p.add_argument("--dtype", choices=["float16", "float32"], default=d.dtype)
     p.add_argument("--device", default=d.device, help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    add_bad_audio(p, d.on_bad_audio)
     p.set_defaults(func=run)
 
 
@@ -40,7 +42,13 @@ def run(args) -> int:
     from s3kit.extract import ExtractConfig, extract
     from s3kit.upstream import load_upstream
 
-    cfg = ExtractConfig(layers=args.layers, pool=args.pool, max_duration=args.max_duration, dtype=args.dtype, device=args.device)
+    from s3kit.data.badaudio import skipped_path
+
+    cfg = ExtractConfig(layers=args.layers, pool=args.pool, max_duration=args.max_duration, dtype=args.dtype,
+                        device=args.device, on_bad_audio=args.on_bad_audio, max_bad_share=args.max_bad_share)
     out = extract(load_upstream(args.upstream), args.manifest, args.out, cfg)
     print(f"features written to {out}")
+    skipped = skipped_path(out)
+    if skipped.exists() and skipped.read_text().strip():
+        print(f"{len(skipped.read_text().splitlines())} cuts with unusable audio were left out: see {skipped}")
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from s3kit.commands._args import IntermixedParser
+from s3kit.commands._args import IntermixedParser, add_bad_audio, add_train_bad_audio, train_bad_audio_overrides
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter
 
@@ -26,6 +26,7 @@ def register(sub) -> None:
     f.add_argument("--val-manifest", default=None, help="validation CutSet")
     f.add_argument("--recipe", default=None, help="FinetuneConfig YAML (e.g. recipes/kws_finetune.yaml)")
     f.add_argument("--out", required=True, help="output directory (checkpoints, metrics.csv); rerun to resume")
+    add_train_bad_audio(f)
     f.add_argument("overrides", nargs="*", metavar="key=value", help="FinetuneConfig fields")
     f.__class__ = IntermixedParser
     f.set_defaults(func=run_finetune)
@@ -40,6 +41,7 @@ def register(sub) -> None:
     e.add_argument("--noise", default=None, help="noise CutSet for the playback condition")
     e.add_argument("--baseline", default=None, help="NAME of the baseline model")
     e.add_argument("--out", required=True, help="output directory")
+    add_bad_audio(e)
     e.add_argument("overrides", nargs="*", metavar="key=value",
                    help="KWSEvalConfig fields (threshold=0.5 target_frr=0.05 snr_db=5)")
     e.__class__ = IntermixedParser
@@ -71,6 +73,7 @@ def register(sub) -> None:
     t.add_argument("--distill-overrides", nargs="*", default=[], metavar="key=value")
     t.add_argument("--finetune-overrides", nargs="*", default=[], metavar="key=value")
     t.add_argument("--out", required=True, help="output directory")
+    add_train_bad_audio(t)
     t.set_defaults(func=run_table_cmd)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -79,7 +82,8 @@ def run_finetune(args) -> int:
     from s3kit.config import build
     from s3kit.eval.kws import FinetuneConfig, finetune
 
-    cfg = build(FinetuneConfig, args.recipe, [*args.overrides, f"train.out_dir={args.out}"])
+    train = [f"train.{o}" for o in train_bad_audio_overrides(args)]
+    cfg = build(FinetuneConfig, args.recipe, [*args.overrides, *train, f"train.out_dir={args.out}"])
     res = finetune(args.student, args.manifest, cfg, val_manifest=args.val_manifest)
     msg = f"step {res.step}: train loss {res.losses.get(res.step, float('nan')):.4f}"
     if res.val:
@@ -102,7 +106,8 @@ def run_evaluate(args) -> int:
     from s3kit.config import build
     from s3kit.eval.kws import KWSEvalConfig, evaluate
 
-    cfg = build(KWSEvalConfig, None, args.overrides)
+    cfg = build(KWSEvalConfig, None, [f"on_bad_audio={args.on_bad_audio}", f"max_bad_share={args.max_bad_share}",
+                                      *args.overrides])
     evaluate(_models(args.model), args.test, args.noise, baseline=args.baseline, cfg=cfg, out_dir=args.out)
     from pathlib import Path
 
@@ -127,9 +132,10 @@ def run_table_cmd(args) -> int:
 
     from s3kit.eval.kws import run_table
 
+    train = [f"train.{o}" for o in train_bad_audio_overrides(args)]  # the training data of both stages
     run_table(args.recipes, args.teacher, args.train, args.test, args.noise, args.out,
-              distill_overrides=args.distill_overrides, finetune_recipe=args.finetune_recipe,
-              finetune_overrides=args.finetune_overrides, val_manifest=args.val)
+              distill_overrides=[*train, *args.distill_overrides], finetune_recipe=args.finetune_recipe,
+              finetune_overrides=[*train, *args.finetune_overrides], val_manifest=args.val)
     print((Path(args.out) / "table.md").read_text())
     return 0
 
@@ -156,6 +162,7 @@ def register_dvcc(methods) -> None:
     d.add_argument("--recipe", default=None, help="DVCCConfig YAML (e.g. recipes/kws_combined_large.yaml)")
     d.add_argument("--out", required=True, help="output directory (checkpoints, metrics.csv, teacher cache)")
     d.add_argument("--cache-dir", default=None, help="teacher-feature cache directory (default OUT/teacher_cache)")
+    add_train_bad_audio(d)
     d.add_argument("overrides", nargs="*", metavar="key=value", help="DVCCConfig fields")
     d.__class__ = IntermixedParser
     d.set_defaults(func=run_dvcc)
@@ -165,7 +172,8 @@ def run_dvcc(args) -> int:
     from s3kit.config import build
     from s3kit.methods.dvcc import DVCCConfig, distill_dvcc
 
-    cfg = build(DVCCConfig, args.recipe, [*args.overrides, f"train.out_dir={args.out}"])
+    train = [f"train.{o}" for o in train_bad_audio_overrides(args)]
+    cfg = build(DVCCConfig, args.recipe, [*args.overrides, *train, f"train.out_dir={args.out}"])
     res = distill_dvcc(args.teacher, args.manifest, cfg, val_manifest=args.val_manifest, cache_dir=args.cache_dir)
     print(f"step {res.step}: train loss {res.losses.get(res.step, float('nan')):.4f}; checkpoint {res.checkpoint}")
     print(f"fine-tune with: s3kit kws finetune --student {res.checkpoint} --manifest TRAIN --out OUT")

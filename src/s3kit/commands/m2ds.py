@@ -11,6 +11,7 @@ import argparse
 
 def configure_pretrain_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``pretrain`` options (same names and defaults as :func:`s3kit.methods.m2ds.pretrain_m2ds`)."""
+    from s3kit.commands._args import add_train_bad_audio
     from s3kit.methods.m2ds import TABLE5
 
     p.add_argument("--speech", required=True, help="clean speech CutSet (*.jsonl.gz)")
@@ -24,6 +25,7 @@ def configure_pretrain_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPa
                    help="Table 5 task setting: a M2D only, b distillation, c denoising distillation, "
                         "d M2D + distillation, e M2D-S (all)")
     p.add_argument("--cache-dir", default=None, help="teacher-feature cache directory (default OUT/teacher_cache)")
+    add_train_bad_audio(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="M2DSConfig fields (arch=tiny teacher_layer=4 patch_time=2) or train.* TrainConfig fields")
     p.set_defaults(func=run_pretrain)
@@ -60,8 +62,11 @@ def run_pretrain(args) -> int:
     from s3kit.methods.m2ds import TABLE5, M2DSConfig, pretrain_m2ds
     from s3kit.models.m2d_vit import ViTEncoder
 
+    from s3kit.commands._args import train_bad_audio_overrides
+
     ablation = [f"{k}={v}" for k, v in TABLE5[args.ablation].items()] if args.ablation else []
-    cfg = build(M2DSConfig, args.recipe, [*ablation, *args.overrides, f"train.out_dir={args.out}"])
+    train = [f"train.{o}" for o in train_bad_audio_overrides(args)]
+    cfg = build(M2DSConfig, args.recipe, [*ablation, *args.overrides, *train, f"train.out_dir={args.out}"])
     result, method = pretrain_m2ds(args.speech, args.noise, args.teacher, cfg, val=args.val, cache_dir=args.cache_dir)
     enc = method.model.encoder
     n_params = sum(p.numel() for p in enc.parameters()) if isinstance(enc, ViTEncoder) else 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from s3kit.commands._args import IntermixedParser
+from s3kit.commands._args import IntermixedParser, add_train_bad_audio, train_bad_audio_overrides
 
 
 def _steps(text: str) -> list[int]:
@@ -50,6 +50,7 @@ def register(sub) -> None:
         q.add_argument("--kmeans-from", default=None,
                        help=f"k-means features: 'mfcc' (iteration 1) or CHECKPOINT:LAYER (later iterations); default: the recipe's, else {d.kmeans_from}")
         q.add_argument("--device", default="auto")
+        add_train_bad_audio(q)
         q.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
         q.__class__ = IntermixedParser
         q.set_defaults(func=run)
@@ -69,7 +70,7 @@ def run(args) -> int:
     overrides += [f"arch={args.arch}"] if args.arch else []
     overrides += [f"kmeans_from={args.kmeans_from}"] if args.kmeans_from else []
     overrides += args.overrides
-    train_overrides = [f"out_dir={args.out}", f"device={args.device}"]
+    train_overrides = [f"out_dir={args.out}", f"device={args.device}", *train_bad_audio_overrides(args)]
     if args.save_at is not None:
         train_overrides.append(f"save_at={args.save_at}")
     if args.steps is not None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+
+from s3kit.commands._args import add_bad_audio
 
 SPLITS = ("train", "dev", "test")
 SPLIT_ALIASES = {"dev": ("dev", "valid", "validation")}
@@ -84,6 +87,7 @@ def register(sub) -> None:
     p.add_argument("--cache-dir", default=d.cache_dir, help="feature cache shared across runs")
     p.add_argument("--device", default=d.device)
     p.add_argument("--recipe", help="YAML recipe with ProbeConfig fields")
+    add_bad_audio(p, default=None)
     p.add_argument("overrides", nargs="*", help="ProbeConfig key=value overrides")
     p.set_defaults(func=run)
 
@@ -106,6 +110,7 @@ def run(args) -> int:
         max_updates=args.max_updates or base.max_updates, eval_every=args.eval_every or base.eval_every,
         patience=args.patience if args.patience is not None else base.patience, batch_size=args.batch_size,
         cache_dir=args.cache_dir, device=args.device, checkpoint_dir=str(Path(args.out) / "checkpoints"),
+        on_bad_audio=args.on_bad_audio or base.on_bad_audio, max_bad_share=args.max_bad_share,
     )
     upstream = load_upstream(args.upstream)
     results = []
@@ -122,6 +127,17 @@ def run(args) -> int:
                 cfg = dataclasses.replace(base, fraction=fraction, seed=seed)
                 results.append(run_probe(upstream, task, manifests["train"], manifests["dev"], manifests["test"], cfg))
                 write_results(results, args.out)  # after every run: a long sweep keeps what it finished
+    skipped: dict[tuple, dict] = {}  # one line per (task, split, cut) over fractions and seeds
+    for res in results:
+        for r in res.skipped_audio:
+            skipped.setdefault((res.task, r["split"], r["cut"]), {"task": res.task, **r})
+    if skipped:
+        from s3kit.checkpoint import write_atomic
+        from s3kit.data.badaudio import SKIPPED_FILE
+
+        path = Path(args.out) / SKIPPED_FILE
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in skipped.values()))
+        print(f"{len(skipped)} cuts with unusable audio were left out: see {path}")
     print(results_table(results), end="")
     print(f"results written to {Path(args.out) / 'results.json'}")
     return 0

@@ -26,6 +26,7 @@ def _common_eval(p) -> None:
 
 
 def register(sub) -> None:
+    from s3kit.commands._args import add_train_bad_audio
     from s3kit.methods.rewire import MODES
 
     p = sub.add_parser("rewire", help="contrastive rewiring of a pretrained encoder (Twin / Neutral / Mixed)",
@@ -34,7 +35,8 @@ def register(sub) -> None:
     modes = p.add_subparsers(dest="mode", metavar="MODE")
     helps = {"twin": "positive = the same audio with a 20 %% span zeroed",
              "neutral": "positive = a monotone TTS rendering of the transcript",
-             "mixed": "positive = Twin or Neutral, a uniform choice per example"}
+             "mixed": "positive = Twin or Neutral, a uniform choice per example; negatives = the others' twins "
+                      "and neutrals (paper §2.1; mixed_negatives=chosen: the official code's drawn view only)"}
     for mode in MODES:
         m = modes.add_parser(
             mode, help=helps[mode], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -50,6 +52,7 @@ def register(sub) -> None:
         m.add_argument("--val-manifest", default=None, help="validation CutSet (InfoNCE on held-out pairs)")
         m.add_argument("--out", required=True, help="output directory")
         m.add_argument("--recipe", default=None, help="recipe YAML (e.g. recipes/rewire.yaml); defaults = the paper")
+        add_train_bad_audio(m)
         m.add_argument("overrides", nargs="*", metavar="key=value", help="RewireConfig fields")
         _common_eval(m)
         m.set_defaults(func=run, rewire_mode=mode)
@@ -102,7 +105,11 @@ def run(args) -> int:
     _synth_defaults(args)
     if args.manifest is None:
         raise SystemExit("give --manifest (or --synth DIR)")
-    cfg = build(RewireConfig, args.recipe, [f"mode={args.rewire_mode}", *args.overrides, f"train.out_dir={args.out}"])
+    from s3kit.commands._args import train_bad_audio_overrides
+
+    train = [f"train.{o}" for o in train_bad_audio_overrides(args)]
+    cfg = build(RewireConfig, args.recipe, [f"mode={args.rewire_mode}", *args.overrides, *train,
+                                            f"train.out_dir={args.out}"])
     out = Path(args.out)
     model_dir = rewire(args.model, args.manifest, cfg, out_dir=out, neutral_manifest=args.neutral_manifest,
                        val_manifest=args.val_manifest)

@@ -5,10 +5,14 @@ Dimension legend: ``B`` batch, ``S`` samples.
 Batches hold up to ``max_duration`` seconds of audio (lhotse's ``DynamicBucketingSampler``
 groups cuts of similar length), so memory stays flat whatever the length spread and little
 compute is spent on padding. Under ``torchrun`` the sampler shards cuts across ranks by itself.
+
+A cut whose audio is unusable stops the loader (``on_bad_audio="error"``) or is dropped from its
+batch (``"skip"``, :mod:`s3kit.data.badaudio`); a batch whose every cut is bad is not yielded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -19,19 +23,22 @@ import torch
 from torch import Tensor
 
 from s3kit.audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, check_waveform
+from s3kit.data.badaudio import MAX_BAD_SHARE, BadAudio, check_policy, try_load, world_size
 
 
 @dataclass
 class AudioBatch:
-    """``wavs [B, S]`` float32 zero-padded, ``lengths [B]`` samples, the cuts and their ids."""
+    """``wavs [B, S]`` float32 zero-padded, ``lengths [B]`` samples, the cuts and their ids;
+    ``skipped``: records of the sampler's cuts dropped as bad audio (``on_bad_audio="skip"``)."""
 
     wavs: Tensor
     lengths: Tensor
     cuts: list
     ids: list[str]
+    skipped: list[dict] = dataclasses.field(default_factory=list)
 
     def to(self, device) -> "AudioBatch":
-        return AudioBatch(self.wavs.to(device), self.lengths.to(device), self.cuts, self.ids)
+        return AudioBatch(self.wavs.to(device), self.lengths.to(device), self.cuts, self.ids, self.skipped)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -42,14 +49,37 @@ def _cut_seed(seed: int, epoch: int, cut_id: str) -> int:
     return zlib.crc32(f"{seed}:{epoch}:{cut_id}".encode())
 
 
+def _check_header(rec, source: str) -> None:
+    """The file must be what the manifest says: lhotse would resample a file of another rate and read
+    one channel of a file with more, so a stale manifest would pass unnoticed."""
+    import soundfile as sf
+
+    path = Path(rec.sources[0].source)
+    if not path.is_file():
+        raise AudioError(f"{source}: no such file" if not path.exists() else f"{source}: not a regular file")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return  # not a libsndfile format (lhotse may read it another way); load_audio reports failures
+    if info.samplerate != rec.sampling_rate:
+        raise AudioError(f"{source}: the file is {info.samplerate} Hz but the manifest says {rec.sampling_rate} Hz; "
+                         f"re-create the manifest from the files")
+    want = len(rec.sources[0].channels)
+    if info.channels != want:
+        raise AudioError(f"{source}: the file has {info.channels} channel(s) but the manifest says {want}; "
+                         f"re-create the manifest from the files")
+
+
 def load_cut_audio(cut, min_samples: int = MIN_SAMPLES) -> np.ndarray:
     """A cut's audio as float32 mono 16 kHz ``[S]``, with errors that name the source file."""
-    if cut.sampling_rate != SAMPLE_RATE:
-        cut = cut.resample(SAMPLE_RATE)
     source = cut.id
     rec = getattr(cut, "recording", None)
     if rec is not None and rec.sources:
         source = f"{rec.sources[0].source} (cut {cut.id})"
+    if rec is not None and rec.sources and rec.sources[0].type == "file":
+        _check_header(rec, source)  # against the manifest's own rate, before resampling rewrites it
+    if cut.sampling_rate != SAMPLE_RATE:
+        cut = cut.resample(SAMPLE_RATE)
     try:
         audio = cut.load_audio()
     except AudioError:
@@ -65,14 +95,15 @@ def load_cut_audio(cut, min_samples: int = MIN_SAMPLES) -> np.ndarray:
 class AudioDataset(torch.utils.data.Dataset):
     """Maps a CutSet (one sampler batch) to an :class:`AudioBatch`; crops long cuts when ``crop`` is set."""
 
-    def __init__(self, crop: float | None = None, random_crop: bool = True, seed: int = 0):
+    def __init__(self, crop: float | None = None, random_crop: bool = True, seed: int = 0, on_bad_audio: str = "error"):
         self.crop = crop
         self.random_crop = random_crop
         self.seed = seed
         self.epoch = 0
+        self.on_bad_audio = check_policy(on_bad_audio)
 
     def __getitem__(self, cuts) -> AudioBatch:
-        wavs, ids, kept = [], [], []
+        wavs, ids, kept, skipped = [], [], [], []
         for cut in cuts:
             if self.crop is not None and cut.duration > self.crop:
                 start = 0.0
@@ -80,23 +111,40 @@ class AudioDataset(torch.utils.data.Dataset):
                     rng = np.random.default_rng(_cut_seed(self.seed, self.epoch, cut.id))
                     start = float(rng.uniform(0.0, cut.duration - self.crop))
                 cut = cut.truncate(offset=start, duration=self.crop, preserve_id=True)
-            wavs.append(torch.from_numpy(load_cut_audio(cut)))
+            audio, bad = try_load(cut, self.on_bad_audio)
+            if bad is not None:
+                skipped.append(bad)
+                continue
+            wavs.append(torch.from_numpy(audio))
             ids.append(cut.id)
             kept.append(cut)
         lengths = torch.tensor([len(w) for w in wavs], dtype=torch.long)
-        padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
-        return AudioBatch(padded, lengths, kept, ids)
+        padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True) if wavs else torch.zeros(0, 0)
+        return AudioBatch(padded, lengths, kept, ids, skipped)
 
 
 class AudioLoader:
-    """Iterable over :class:`AudioBatch`; each ``iter()`` is one epoch (the epoch counter advances)."""
+    """Iterable over :class:`AudioBatch`; each ``iter()`` is one epoch (the epoch counter advances).
+
+    ``bad_audio`` (:class:`~s3kit.data.badaudio.BadAudio`) holds the policy for unusable cuts and
+    what was skipped; ``policy_set`` is False when the caller left the policy to the consumer (the
+    trainer then applies ``TrainConfig.on_bad_audio``).
+    """
 
     def __init__(self, cuts, max_duration: float, shuffle: bool, seed: int, max_cuts: int | None,
-                 crop: float | None, drop_last: bool, num_workers: int, num_buckets: int):
+                 crop: float | None, drop_last: bool, num_workers: int, num_buckets: int,
+                 on_bad_audio: str | None = None, max_bad_share: float = MAX_BAD_SHARE):
         from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 
         self.cuts = cuts
         self.dataset = AudioDataset(crop=crop, random_crop=shuffle, seed=seed)
+        self.policy_set = on_bad_audio is not None
+        try:  # this process's share of the cuts: lhotse shards them across DDP ranks
+            total = max(1, len(cuts) // world_size())
+        except TypeError:
+            total = None
+        self.bad_audio = BadAudio("error", max_bad_share, total)
+        self.set_bad_audio(on_bad_audio or "error", max_bad_share)
         kw = dict(max_duration=max_duration, max_cuts=max_cuts, shuffle=shuffle, drop_last=drop_last, seed=seed)
         if shuffle:
             try:  # an eager CutSet knows its size; a lazy one (CutSet.from_jsonl_lazy) does not
@@ -111,18 +159,29 @@ class AudioLoader:
         self.num_workers = num_workers
         self.epoch = 0
 
+    def set_bad_audio(self, policy: str, max_share: float = MAX_BAD_SHARE) -> None:
+        """Set the policy for unusable cuts (before iterating: worker processes copy it)."""
+        self.dataset.on_bad_audio = check_policy(policy)
+        self.bad_audio.policy = policy
+        self.bad_audio.max_share = max_share
+
     def __iter__(self):
         self.sampler.set_epoch(self.epoch)
         self.dataset.epoch = self.epoch
+        first_epoch = self.epoch == 0
         self.epoch += 1
         if self.num_workers == 0:
-            for batch_cuts in self.sampler:
-                yield self.dataset[batch_cuts]
-            return
-        loader = torch.utils.data.DataLoader(
-            self.dataset, sampler=self.sampler, batch_size=None, num_workers=self.num_workers, persistent_workers=False
-        )
-        yield from loader
+            batches = (self.dataset[batch_cuts] for batch_cuts in self.sampler)
+        else:
+            batches = torch.utils.data.DataLoader(
+                self.dataset, sampler=self.sampler, batch_size=None, num_workers=self.num_workers,
+                persistent_workers=False,
+            )
+        for batch in batches:
+            # recorded here, in the main process, so the count survives worker processes
+            self.bad_audio.record(batch.skipped, tried=(len(batch) + len(batch.skipped)) if first_epoch else 0)
+            if len(batch):
+                yield batch
 
 
 def make_loader(
@@ -135,6 +194,9 @@ def make_loader(
     drop_last: bool = False,
     num_workers: int = 0,
     num_buckets: int = 10,
+    on_bad_audio: str | None = None,
+    max_bad_share: float = MAX_BAD_SHARE,
+    skipped_log: str | Path | None = None,
 ) -> AudioLoader:
     """Duration-batched loader over ``cuts`` (a CutSet or a manifest path).
 
@@ -143,6 +205,12 @@ def make_loader(
         shuffle: bucket by length and shuffle (training); False keeps manifest order (evaluation).
         crop: cut utterances longer than this many seconds to a (seeded, random when shuffling) window.
         max_cuts: cap on utterances per batch.
+        on_bad_audio: ``"error"`` stops at an unusable cut; ``"skip"`` drops it (see
+            :mod:`s3kit.data.badaudio`). None: ``"error"``, unless the loader feeds
+            :func:`s3kit.train.trainer.train`, which applies ``TrainConfig.on_bad_audio``.
+        max_bad_share: with ``"skip"``, stop once more than this share of the cuts was skipped.
+        skipped_log: list skipped cuts in this JSON-lines file (the trainer sets
+            ``out_dir/skipped_audio.jsonl`` itself).
     """
     from s3kit.data.manifest import load_cuts
 
@@ -162,4 +230,8 @@ def make_loader(
                 f"max_duration={max_duration} s is shorter than the longest utterance ({longest:.1f} s); "
                 f"raise max_duration or set crop"
             )
-    return AudioLoader(cuts, max_duration, shuffle, seed, max_cuts, crop, drop_last, num_workers, num_buckets)
+    loader = AudioLoader(cuts, max_duration, shuffle, seed, max_cuts, crop, drop_last, num_workers, num_buckets,
+                         on_bad_audio, max_bad_share)
+    if skipped_log is not None:
+        loader.bad_audio.log_to(skipped_log)
+    return loader

@@ -308,13 +308,15 @@ def bias(upstreams: list[str], stimuli: str | Path, out: str | Path, tests: str 
          n_permutations: int = N_PERMUTATIONS, n_bootstrap: int = N_BOOTSTRAP,
          layer_permutations: int = LAYER_PERMUTATIONS, layer_bootstrap: int = LAYER_BOOTSTRAP, level: float = 0.95,
          seed: int = 0, max_duration: float = 60.0, device: str = "auto", tsne: bool = False,
-         names: list[str] | None = None) -> dict:
+         names: list[str] | None = None, on_bad_audio: str = "error", max_bad_share: float = 0.01) -> dict:
     """SpEAT d / p / CI per test, aggregated over layers and per layer, plus isotropy, for each
     upstream (names or paths for ``s3kit.upstream.load_upstream``) on ``stimuli``.
 
     Writes ``bias.json``, ``bias.md``, ``d_per_layer.png`` (and ``d_across_upstreams.png`` for
     several upstreams, ``tsne_<name>.png`` with ``tsne``) under ``out``; returns the JSON dict.
     ``names``: display names of the upstreams (default: from their paths).
+    ``on_bad_audio="skip"``: unusable stimuli are left out before the tests are formed (the same
+    stimuli for every upstream) and listed in ``out/skipped_audio.jsonl``; the default stops.
     """
     from s3kit.data.manifest import get_label
     from s3kit.eval.embed import utterance_embeddings
@@ -328,6 +330,10 @@ def bias(upstreams: list[str], stimuli: str | Path, out: str | Path, tests: str 
     out.mkdir(parents=True, exist_ok=True)
     chosen = parse_tests(tests)
     cuts = load_stimuli(stimuli)
+    if on_bad_audio == "skip":
+        from s3kit.data.badaudio import skipped_path, usable_cuts
+
+        cuts = usable_cuts(cuts, on_bad_audio, max_bad_share, log=skipped_path(out))
     targets, A, B = stimulus_sets(cuts, chosen)
     if not A or not B:
         raise ValueError(f"{stimuli}: need positive and negative attribute stimuli (concept or group "

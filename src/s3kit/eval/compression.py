@@ -64,6 +64,8 @@ class StudyConfig:
     device: str = "auto"
     seed: int = 0
     progress: bool = True
+    on_bad_audio: Literal["error", "skip"] = "skip"  # the fine-tuning / distillation data (s3kit.data.badaudio)
+    max_bad_share: float = 0.01  # evaluation data (probe splits, SpEAT stimuli) always stops on a bad file
 
     def __post_init__(self):
         bad = [m for m in self.methods if m not in METHODS]
@@ -222,7 +224,8 @@ def _finetune(subject: Subject, teacher, cuts, steps: int, lr: float, out: Path,
     method = prune.PruneFinetune(subject.loss_method(teacher), masks, offset)
     tc = TrainConfig(out_dir=str(out), total_steps=steps, lr=lr, warmup=0, schedule="constant", betas=(0.9, 0.999),
                      eps=1e-8, clip=cfg.clip, log_every=max(1, min(50, steps)), val_every=10**9,
-                     save_every=10**9, keep_last=1, seed=cfg.seed + offset, device=cfg.device, progress=cfg.progress)
+                     save_every=10**9, keep_last=1, seed=cfg.seed + offset, device=cfg.device, progress=cfg.progress,
+                     on_bad_audio=cfg.on_bad_audio, max_bad_share=cfg.max_bad_share)
     res = train(method, _loader(cuts, cfg, cfg.seed + offset), tc, resume=False,
                 callbacks=[lambda s, logs: cb(offset + s, logs) for cb in callbacks])
     return res.checkpoint
@@ -331,7 +334,8 @@ def _distill(model_path, cuts, base, ev, cfg: StudyConfig, out: Path) -> tuple[l
         dc = DistilConfig(layers=depth, targets=targets, batch_size=cfg.distill_batch_size, max_duration=cfg.max_duration,
                           train=TrainConfig(out_dir=str(out / f"L{depth}"), total_steps=cfg.distill_steps,
                                             lr=cfg.distill_lr, seed=cfg.seed, device=cfg.device,
-                                            progress=cfg.progress, save_every=10**9, log_every=50))
+                                            progress=cfg.progress, save_every=10**9, log_every=50,
+                                            on_bad_audio=cfg.on_bad_audio, max_bad_share=cfg.max_bad_share))
         res = distill(str(teacher_path), cuts, dc)
         up = load_upstream(res.checkpoint)
         rows.append(evaluate(up, base, ev, cfg, method="distill", step=depth, layers=depth,

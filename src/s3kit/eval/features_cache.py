@@ -81,6 +81,7 @@ class CachedFeatures:
         self.pooled: bool = self.meta["pooled"]
         self.dim: int = self.meta["dim"]
         self._shard_of: dict[str, str] = self.meta["shard_of"]
+        self.skipped: list[dict] = self.meta.get("skipped", [])  # unusable cuts left out (on_bad_audio="skip")
         self._handles = {s: safe_open(str(self.directory / s), framework="pt") for s in sorted(set(self._shard_of.values()))}
 
     def __len__(self) -> int:
@@ -127,12 +128,16 @@ def extract_features(
     device: str | torch.device = "cpu",
     identity: str | None = None,
     progress: bool = True,
+    on_bad_audio: str = "error",
+    max_bad_share: float = 0.01,
 ) -> CachedFeatures:
     """Run the frozen ``upstream`` over ``cuts`` once and cache ``layers``; reuse if cached.
 
     Args:
         identity: override :func:`upstream_identity` (e.g. a hub revision) to skip hashing weights.
         max_duration: seconds of audio per upstream batch (raised to the longest cut if shorter).
+        on_bad_audio, max_bad_share: unusable cuts stop the extraction (``error``) or are left out
+            and listed in the index's ``skipped`` (``skip``; :mod:`s3kit.data.badaudio`).
     Returns the :class:`CachedFeatures` for this (upstream, layers, pooled, manifest).
     """
     from tqdm.auto import tqdm
@@ -153,7 +158,8 @@ def extract_features(
 
     directory.mkdir(parents=True, exist_ok=True)
     longest = max((c.duration for c in cuts), default=0.0)
-    loader = make_loader(cuts, max_duration=max(max_duration, longest + 1e-3), shuffle=False)
+    loader = make_loader(cuts, max_duration=max(max_duration, longest + 1e-3), shuffle=False,
+                         on_bad_audio=on_bad_audio, max_bad_share=max_bad_share)
     was_training = upstream.training
     upstream.eval().to(device)
     shard_of: dict[str, str] = {}
@@ -191,14 +197,14 @@ def extract_features(
                 ids.append(cut_id)
             if pending_bytes >= SHARD_BYTES:
                 flush()
-            bar.update(len(batch))
+            bar.update(len(batch) + len(batch.skipped))
     bar.close()
     flush()
     upstream.train(was_training)
     meta = {
         "upstream": upstream.name, "identity": ident, "layers": layers, "pooled": pooled,
         "dim": upstream.hidden_sizes[layers[0]], "frame_rate": upstream.frame_rate,
-        "ids": ids, "shard_of": shard_of,
+        "ids": ids, "shard_of": shard_of, "skipped": list(loader.bad_audio.skipped.values()),
     }
     write_atomic(directory / INDEX_FILE, json.dumps(meta))
     return CachedFeatures(directory)

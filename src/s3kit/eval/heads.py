@@ -1,15 +1,19 @@
 """SUPERB probing heads on top of a frozen upstream (s3prl legacy downstreams, REFERENCE-NOTES §F.2).
 
 Dimension legend: ``B`` batch, ``L`` layers, ``T`` frames, ``D`` upstream width, ``P`` projector
-width (256), ``C`` classes, ``V`` CTC vocabulary (index 0 = blank), ``K`` intent slots.
+width (256; 1024 for ASR), ``C`` classes, ``V`` CTC vocabulary (index 0 = blank), ``K`` intent slots.
 
-Every head starts with s3prl's ``projector = nn.Linear(upstream_dim, 256)``:
+Every head starts with s3prl's ``projector = nn.Linear(upstream_dim, project_dim)``, 256 in the
+KS / IC / SID / ER / PR configs and 1024 in ``asr/config.yaml``:
 
 * utterance tasks (KS, IC, SID, ER): projector -> mean over valid frames -> ``Linear(P, C)``.
   The projector is affine, so ``mean_t(W x_t + b) = W mean_t(x_t) + b``: the head takes the
   already time-averaged features ``[B, D]`` and is exactly s3prl's ``MeanPoolingLinear``;
 * PR: projector -> frame-level ``Linear(P, V)``, CTC (s3prl ``FrameLevelLinear``);
-* ASR: projector -> 2-layer BLSTM -> ``Linear(2H, V)``, CTC (SUPERB ASR; rewiring paper App. A).
+* ASR: projector -> 2-layer BLSTM -> ``Linear(2H, V)``, CTC (SUPERB ASR; rewiring paper App. A),
+  with :class:`SpecAugment` on the weighted sum during training (s3prl's runner applies it to the
+  featurizer output, before the projector, whenever a config has a ``specaug`` block; only the
+  ASR config has one among these tasks).
 
 :class:`WeightedSum` is s3prl's ``Featurizer``: softmax-normalised weights over the hidden
 states, initialised to zero (= a uniform average), or one fixed layer.
@@ -18,12 +22,14 @@ states, initialised to zero (= a uniform average), or one fixed layer.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PROJECTOR_DIM = 256  # s3prl: every legacy downstream projects the upstream to 256 dims first
+PROJECTOR_DIM = 256  # s3prl: KS, IC, SID, ER, PR project the upstream to 256 dims first
+ASR_PROJECTOR_DIM = 1024  # s3prl asr/config.yaml: modelrc.project_dim
 BLANK = 0  # CTC blank index in every s3kit vocabulary
 
 
@@ -55,6 +61,83 @@ class WeightedSum(nn.Module):
             return states[:, self.layer]
         w = self.weights.softmax(dim=0).to(states.dtype)
         return torch.einsum("bl...,l->b...", states, w)
+
+
+@dataclass(frozen=True)
+class SpecAugmentConfig:
+    """SpecAugment on representations ``[B, T, D]``; defaults are s3prl's ``asr/config.yaml``.
+
+    A time warp (window ``W`` frames, bicubic), then ``freq_masks`` feature-dimension masks and
+    ``time_masks`` frame masks, zero-filled. Mask widths are drawn uniformly from
+    ``[lo, hi)`` per item and mask (s3prl draws ``randint(lo, hi)``, ``hi`` excluded).
+    """
+
+    time_warp_window: int = 5
+    freq_masks: int = 4
+    freq_mask_width: tuple[int, int] = (0, 50)
+    time_masks: int = 2
+    time_mask_width: tuple[int, int] = (0, 40)
+
+    def __post_init__(self):
+        for name in ("freq_mask_width", "time_mask_width"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo < hi:
+                raise ValueError(f"SpecAugmentConfig.{name}={(lo, hi)}: need 0 <= lo < hi")
+
+
+def time_warp(x: Tensor, center: int, warped: int) -> Tensor:
+    """Stretch frames ``[:center]`` of ``x [T, D]`` to ``warped`` frames and squeeze ``[center:]``
+    into the remaining ``T - warped`` (bicubic along time; the feature axis is left as is, since
+    interpolation at scale 1 reproduces it). Returns ``[T, D]``."""
+    T, D = x.shape
+    if not (0 < center < T and 0 < warped < T):
+        raise ValueError(f"time_warp: center={center}, warped={warped} must lie in (0, {T})")
+    grid = x[None, None]  # (1, 1, T, D)
+    left = F.interpolate(grid[:, :, :center], size=(warped, D), mode="bicubic", align_corners=False)
+    right = F.interpolate(grid[:, :, center:], size=(T - warped, D), mode="bicubic", align_corners=False)
+    return torch.cat([left, right], dim=2)[0, 0]
+
+
+def axis_masks(size: int, num: int, width: tuple[int, int], batch: int, device=None) -> Tensor:
+    """``[B, size]`` bool, True where one of ``num`` random spans per item covers the index.
+
+    Widths ~ U[lo, hi), starts ~ U[0, max(1, size - widest)) with ``widest`` the largest width
+    drawn in the batch (s3prl's ``MaskAlongAxis``), so a span can run past a short item's end."""
+    widths = torch.randint(width[0], width[1], (batch, num, 1), device=device)
+    starts = torch.randint(0, max(1, size - int(widths.max())), (batch, num, 1), device=device)
+    pos = torch.arange(size, device=device)[None, None]  # (1, 1, size)
+    return ((pos >= starts) & (pos < starts + widths)).any(dim=1)
+
+
+class SpecAugment(nn.Module):
+    """Training-time SpecAugment of a padded batch ``x [B, T, D]`` with valid ``lengths [B]``
+    (identity in eval mode). Randomness comes from torch's global generator."""
+
+    def __init__(self, cfg: SpecAugmentConfig = SpecAugmentConfig()):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if not self.training:
+            return x
+        B, T, D = x.shape
+        lengths = torch.full((B,), T, dtype=torch.long) if lengths is None else lengths.cpu()
+        W = self.cfg.time_warp_window
+        out = x.clone()
+        if W > 0:
+            for b, n in enumerate(lengths.tolist()):
+                if n - W <= W:  # too short to warp (s3prl leaves it)
+                    continue
+                center = int(torch.randint(W, n - W, ()))
+                warped = int(torch.randint(center - W, center + W, ())) + 1
+                out[b, :n] = time_warp(x[b, :n], center, warped)
+        if self.cfg.freq_masks:
+            freq = axis_masks(D, self.cfg.freq_masks, self.cfg.freq_mask_width, B, x.device)  # (B, D)
+            out = out.masked_fill(freq[:, None, :], 0.0)
+        if self.cfg.time_masks:
+            time = axis_masks(T, self.cfg.time_masks, self.cfg.time_mask_width, B, x.device)  # (B, T)
+            out = out.masked_fill(time[:, :, None], 0.0)
+        return out
 
 
 class UtteranceHead(nn.Module):
@@ -105,15 +188,20 @@ class BLSTMCTCHead(nn.Module):
 
 
 class ProbeModel(nn.Module):
-    """Layer weighting + task head. ``states``: ``[B, L, D]`` (utterance) or ``[B, L, T, D]`` (frames)."""
+    """Layer weighting (+ SpecAugment of the weighted sum in training, as s3prl's runner) + task
+    head. ``states``: ``[B, L, D]`` (utterance) or ``[B, L, T, D]`` (frames)."""
 
-    def __init__(self, featurizer: WeightedSum, head: nn.Module):
+    def __init__(self, featurizer: WeightedSum, head: nn.Module, specaug: SpecAugment | None = None):
         super().__init__()
         self.featurizer = featurizer
+        self.specaug = specaug
         self.head = head
 
     def forward(self, states: Tensor, lengths: Tensor | None = None) -> Tensor:
-        return self.head(self.featurizer(states), lengths)
+        x = self.featurizer(states)
+        if self.specaug is not None:
+            x = self.specaug(x, lengths)  # identity in eval mode
+        return self.head(x, lengths)
 
 
 def slot_cross_entropy(logits: Tensor, targets: Tensor, slot_sizes: Sequence[int]) -> Tensor:

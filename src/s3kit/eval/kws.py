@@ -24,6 +24,7 @@ import json
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -175,21 +176,31 @@ def load_classifier(ckpt: str | Path) -> tuple[KWSClassifier, list[str]]:
 # ----------------------------------------------------------------------------- scoring
 
 
-def _noise_pool(noise_cuts, split: str = "test") -> list[np.ndarray]:
-    from s3kit.data.loader import load_cut_audio
+def _noise_pool(noise_cuts, split: str = "test", on_bad_audio: str = "error",
+                max_bad_share: float = 0.01) -> list[np.ndarray]:
+    from s3kit.data.badaudio import BadAudio, try_load
     from s3kit.data.manifest import get_label
 
     cuts = list(noise_cuts)
     chosen = [c for c in cuts if get_label(c, "split") == split] or cuts
     if not chosen:
         raise ValueError("the noise manifest is empty; the playback condition needs noise")
-    return [load_cut_audio(c) for c in chosen]
+    bad = BadAudio(on_bad_audio, max_bad_share, total=len(chosen))
+    pool = []
+    for c in chosen:
+        audio, skipped = try_load(c, on_bad_audio)
+        bad.record([skipped] if skipped else [], tried=1)
+        if audio is not None:
+            pool.append(audio)
+    return pool
 
 
 @torch.no_grad()
 def score(classifier: KWSClassifier, cuts, classes: list[str], label_key: str = "keyword", noise: list | None = None,
-          snr_db: float = PLAYBACK_SNR_DB, seed: int = 0, max_duration: float = 120.0) -> tuple[np.ndarray, np.ndarray]:
-    """Posteriors ``[N, K]`` and label indices ``[N]`` (-1 for a label outside ``classes``) for ``cuts``.
+          snr_db: float = PLAYBACK_SNR_DB, seed: int = 0, max_duration: float = 120.0,
+          **bad_audio) -> tuple[np.ndarray, np.ndarray]:
+    """Posteriors ``[N, K]`` and label indices ``[N]`` (-1 for a label outside ``classes``) for ``cuts``
+    (without the unusable ones when ``bad_audio`` says ``on_bad_audio="skip"``: the same cuts for every model).
 
     With ``noise`` (a list of waveforms), each utterance is mixed with a noise clip at ``snr_db``,
     clip and offset seeded by ``(seed, cut id)``: the same noisy test set every time.
@@ -201,7 +212,7 @@ def score(classifier: KWSClassifier, cuts, classes: list[str], label_key: str = 
     index = {c: i for i, c in enumerate(classes)}
     longest = max(c.duration for c in cuts)
     probs, labels = [], []
-    for batch in make_loader(cuts, max_duration=max(max_duration, longest), shuffle=False):
+    for batch in make_loader(cuts, max_duration=max(max_duration, longest), shuffle=False, **bad_audio):
         wavs = batch.wavs
         if noise is not None:
             wavs = wavs.clone()
@@ -318,6 +329,8 @@ class KWSEvalConfig:
     target_frr: float | None = 0.1
     snr_db: float = PLAYBACK_SNR_DB
     seed: int = 0
+    on_bad_audio: Literal["error", "skip"] = "error"  # a test set must stay complete (s3kit.data.badaudio)
+    max_bad_share: float = 0.01
 
 
 def evaluate(models: dict[str, str | Path], test_manifest, noise_manifest=None, baseline: str | None = None,
@@ -337,7 +350,7 @@ def evaluate(models: dict[str, str | Path], test_manifest, noise_manifest=None, 
     conditions = {"normal": None}
     if noise_manifest is not None:
         ncuts = load_cuts(noise_manifest) if isinstance(noise_manifest, (str, Path)) else noise_manifest
-        conditions["playback"] = _noise_pool(ncuts)
+        conditions["playback"] = _noise_pool(ncuts, on_bad_audio=cfg.on_bad_audio, max_bad_share=cfg.max_bad_share)
     scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     classes_of: dict[str, list[str]] = {}
     params: dict[str, int] = {}
@@ -347,7 +360,9 @@ def evaluate(models: dict[str, str | Path], test_manifest, noise_manifest=None, 
             raise ValueError(f"{name}: classes {classes} differ from the other models'")
         classes_of[name] = classes
         params[name] = sum(p.numel() for p in clf.parameters() if p.requires_grad)
-        scores[name] = {cond: score(clf, cuts, classes, cfg.label_key, noise, cfg.snr_db, cfg.seed)
+        log = Path(out_dir) / "skipped_audio.jsonl" if out_dir is not None else None
+        scores[name] = {cond: score(clf, cuts, classes, cfg.label_key, noise, cfg.snr_db, cfg.seed,
+                                    on_bad_audio=cfg.on_bad_audio, max_bad_share=cfg.max_bad_share, skipped_log=log)
                         for cond, noise in conditions.items()}
     classes = classes_of[baseline]
     results: dict = {"baseline": baseline, "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},

@@ -6,8 +6,8 @@ Dimension legend: ``N`` utterances, ``B`` batch, ``L`` layers, ``T`` frames, ``D
 
 Protocol (s3prl SUPERB configs, REFERENCE-NOTES §F.2; rewiring paper §4 and App. A/B):
 the upstream is frozen and run once (:mod:`s3kit.eval.features_cache`); the probe is a
-softmax-weighted sum of all hidden states (or one chosen layer), a 256-d projector and the
-task head, trained with Adam at a constant learning rate, gradient clipping 1, effective
+softmax-weighted sum of all hidden states (or one chosen layer), a projector (256-d; 1024-d and
+SpecAugment of the weighted sum for ASR, as s3prl's ``asr/config.yaml``) and the task head, trained with Adam at a constant learning rate, gradient clipping 1, effective
 batch 32. Every ``eval_every`` updates the dev metric is computed; the best dev checkpoint
 is scored on test, and the update at which dev peaked is reported as **updates-to-best**
 (the rewiring paper's convergence measure, its Table 2). ``lr_sweep`` trains one probe per
@@ -35,8 +35,8 @@ from s3kit.data.manifest import get_label, load_cuts
 from s3kit.eval import metrics
 from s3kit.eval.features_cache import CachedFeatures, extract_features, upstream_identity
 from s3kit.eval.heads import (
-    BLANK, PROJECTOR_DIM, BLSTMCTCHead, FrameCTCHead, ProbeModel, UtteranceHead, WeightedSum, ctc_loss,
-    slot_argmax, slot_cross_entropy,
+    ASR_PROJECTOR_DIM, BLANK, PROJECTOR_DIM, BLSTMCTCHead, FrameCTCHead, ProbeModel, SpecAugment, UtteranceHead,
+    WeightedSum, ctc_loss, slot_argmax, slot_cross_entropy,
 )
 
 INTENT_SLOTS = ("action", "object", "location")  # Fluent Speech Commands: accuracy needs all three
@@ -44,7 +44,8 @@ INTENT_SLOTS = ("action", "object", "location")  # Fluent Speech Commands: accur
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One SUPERB task: label key, head kind, metric and s3prl's default lr / steps / eval interval."""
+    """One SUPERB task: label key, head kind, metric and s3prl's default lr / steps / eval interval,
+    projector width and whether its config has a ``specaug`` block."""
 
     label: str
     kind: Literal["utterance", "intent", "phones", "chars"]
@@ -52,6 +53,8 @@ class TaskSpec:
     lr: float
     max_updates: int
     eval_every: int
+    proj_dim: int = PROJECTOR_DIM
+    specaug: bool = False
 
     @property
     def higher_is_better(self) -> bool:
@@ -63,14 +66,14 @@ class TaskSpec:
 
 
 # s3prl legacy downstream configs (REFERENCE-NOTES §F.2 table); ASR = s3prl asr/config.yaml
-# (lr 1e-4, 200k steps, eval every 2000).
+# (lr 1e-4, 200k steps, eval every 2000, project_dim 1024, specaug on the representations).
 TASKS: dict[str, TaskSpec] = {
     "ks": TaskSpec("keyword", "utterance", "accuracy", 1e-4, 200_000, 5000),
     "ic": TaskSpec("intent", "intent", "accuracy", 1e-4, 200_000, 5000),
     "sid": TaskSpec("speaker", "utterance", "accuracy", 1e-4, 200_000, 5000),
     "er": TaskSpec("emotion", "utterance", "accuracy", 1e-4, 30_000, 1000),
     "pr": TaskSpec("phones", "phones", "per", 1e-2, 100_000, 1000),
-    "asr": TaskSpec("text", "chars", "wer", 1e-4, 200_000, 2000),
+    "asr": TaskSpec("text", "chars", "wer", 1e-4, 200_000, 2000, proj_dim=ASR_PROJECTOR_DIM, specaug=True),
 }
 
 # s3prl maintainers swept 1e-1 .. 1e-7 on a log scale (s3prl #498).
@@ -79,11 +82,14 @@ LR_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Probe options; ``None`` for lr / max_updates / eval_every means the task's s3prl default.
+    """Probe options; ``None`` for lr / max_updates / eval_every / proj_dim / specaug means the
+    task's s3prl default (projector 256, 1024 for ASR; SpecAugment for ASR only).
 
     Args:
         layer: probe one hidden state (index into the upstream's states) instead of the weighted sum.
-        cache_layers: states to cache (all by default); ``layer`` must be one of them.
+        cache_layers: states to cache and weigh (all cached by default, and the weighted sum then
+            spans the upstream's ``weighted_sum_layers``: every state, or M2D-S's transformer
+            layers); ``layer`` must be one of them.
         fraction: stratified seeded fraction of train (1 %, 5 %, 10 % in the rewiring paper).
         patience: stop after this many dev evaluations without improvement (None: run all updates).
         lr_sweep: train at every lr of ``lr_grid`` and keep the best on dev.
@@ -94,7 +100,8 @@ class ProbeConfig:
     eval_every: int | None = None
     batch_size: int = 32  # s3prl: effective batch 32 for every task (batch x accumulation)
     grad_clip: float = 1.0
-    proj_dim: int = PROJECTOR_DIM
+    proj_dim: int | None = None
+    specaug: bool | None = None  # SpecAugment (s3prl asr/config.yaml values) on the weighted sum in training
     layer: int | None = None
     cache_layers: list[int] | None = None
     fraction: float = 1.0
@@ -108,6 +115,9 @@ class ProbeConfig:
     cache_dir: str = "~/.cache/s3kit/features"
     checkpoint_dir: str | None = None
     device: str = "auto"
+    # unusable audio (s3kit.data.badaudio): None = skip in train, stop in dev / test (they must stay complete)
+    on_bad_audio: Literal["error", "skip"] | None = None
+    max_bad_share: float = 0.01
     max_duration: float = 60.0  # seconds of audio per upstream batch during feature extraction
     progress: bool = True
 
@@ -145,6 +155,7 @@ class ProbeResult:
     ci_low: float = math.nan  # 95 % interval of ``test``: Wilson (accuracy) or utterance bootstrap (PER / WER)
     ci_high: float = math.nan
     predictions: list[dict] = field(default_factory=list, repr=False)  # per test item, see :func:`predict`
+    skipped_audio: list[dict] = field(default_factory=list)  # cuts left out as unusable: {split, cut, file, reason}
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the per-item predictions (they go to ``predictions.jsonl.gz``)."""
@@ -234,7 +245,8 @@ class Labels:
 class _Split:
     """Cached features + targets of one split, served in batches."""
 
-    def __init__(self, cuts, feats: CachedFeatures, labels: Labels):
+    def __init__(self, cuts, feats: CachedFeatures, labels: Labels, select: list[int] | None = None):
+        self.select = select  # positions among the cached states that the probe sees (None: all)
         self.cuts = list(cuts)
         self.ids = [c.id for c in self.cuts]
         missing = [i for i in self.ids if i not in feats]
@@ -246,6 +258,8 @@ class _Split:
         self.targets = [labels.target(c) for c in self.cuts]
         self.refs = [labels.reference(c) for c in self.cuts] if not labels.spec.pooled else None
         self.x = feats.stacked(self.ids) if self.pooled else None  # (N, L, D), small: kept in memory
+        if self.x is not None and select is not None:
+            self.x = self.x[:, select]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -256,6 +270,8 @@ class _Split:
             y = torch.tensor([self.targets[i] for i in index], dtype=torch.long)
             return self.x[index].to(device), None, y.to(device)
         items = [self.feats.get(self.ids[i]) for i in index]  # each (L, T_i, D)
+        if self.select is not None:
+            items = [it[self.select] for it in items]
         lengths = torch.tensor([it.shape[1] for it in items], dtype=torch.long)
         states = torch.zeros(len(items), items[0].shape[0], int(lengths.max()), items[0].shape[2])
         for b, it in enumerate(items):
@@ -270,13 +286,17 @@ def build_probe(spec: TaskSpec, labels: Labels, num_layers: int, dim: int, cfg: 
                 layer_index: int | None) -> ProbeModel:
     """Weighted sum (or fixed layer) + the task's head."""
     featurizer = WeightedSum(num_layers, layer=layer_index)
+    proj = cfg.proj_dim if cfg.proj_dim is not None else spec.proj_dim
     if spec.pooled:
-        head = UtteranceHead(dim, labels.output_size, cfg.proj_dim)
+        head = UtteranceHead(dim, labels.output_size, proj)
     elif spec.kind == "phones":
-        head = FrameCTCHead(dim, labels.output_size, cfg.proj_dim)
+        head = FrameCTCHead(dim, labels.output_size, proj)
     else:
-        head = BLSTMCTCHead(dim, labels.output_size, cfg.proj_dim, cfg.lstm_hidden, cfg.lstm_layers, cfg.lstm_dropout)
-    return ProbeModel(featurizer, head)
+        head = BLSTMCTCHead(dim, labels.output_size, proj, cfg.lstm_hidden, cfg.lstm_layers, cfg.lstm_dropout)
+    specaug = cfg.specaug if cfg.specaug is not None else spec.specaug
+    if specaug and spec.pooled:
+        raise ValueError("specaug needs frame-level features; utterance tasks probe time-averaged states")
+    return ProbeModel(featurizer, head, SpecAugment() if specaug else None)
 
 
 def _loss(spec: TaskSpec, labels: Labels, logits: Tensor, lengths, targets) -> Tensor:
@@ -503,23 +523,47 @@ def run_probe(upstream, task: str, train, dev, test, cfg: ProbeConfig = ProbeCon
     cache_dir = Path(cfg.cache_dir).expanduser()
     identity = upstream_identity(upstream)  # hash the weights once, not once per split
     # Features of the *full* train set, so every fraction and seed reuses one cache entry.
+    policy = {n: cfg.on_bad_audio or ("skip" if n == "train" else "error") for n in cuts}
     feats = {
         n: extract_features(upstream, c, cache_dir, layers=cfg.cache_layers, pooled=spec.pooled,
-                            max_duration=cfg.max_duration, device=device, identity=identity, progress=cfg.progress)
+                            max_duration=cfg.max_duration, device=device, identity=identity, progress=cfg.progress,
+                            on_bad_audio=policy[n], max_bad_share=cfg.max_bad_share)
         for n, c in cuts.items()
     }
+    from lhotse import CutSet
+
+    from s3kit.data.badaudio import BadAudio
+
+    skipped = []
+    for n, f in feats.items():  # a cache entry may come from an earlier run: apply this run's policy to it
+        if f.skipped and policy[n] == "error":
+            from s3kit.audio import AudioError
+
+            raise AudioError(f"{n} split: {f.skipped[0]['reason']} (and {len(f.skipped) - 1} more unusable cuts)")
+        if f.skipped:
+            BadAudio(policy[n], cfg.max_bad_share, total=len(cuts[n])).record(f.skipped)  # the share limit
+            gone = {r["cut"] for r in f.skipped}
+            cuts[n] = CutSet.from_cuts(c for c in cuts[n] if c.id not in gone)
+            skipped += [{"split": n, **r} for r in f.skipped]
     cuts["train"] = train_subset(cuts["train"], task, cfg.fraction, cfg.seed)
     layers = feats["train"].layers
-    layer_index = None
+    layer_index, select = None, None
     if cfg.layer is not None:
         if cfg.layer not in layers:
             raise ValueError(f"layer {cfg.layer} is not among the cached layers {layers}")
         layer_index = layers.index(cfg.layer)
-    splits = {n: _Split(c, feats[n], labels) for n, c in cuts.items()}
+    elif cfg.cache_layers is None:  # all states cached; the weighted sum spans the upstream's choice
+        summed = set(getattr(upstream, "weighted_sum_layers", layers))
+        if summed != set(layers):
+            select = [k for k, layer in enumerate(layers) if layer in summed]
+            layers = [layers[k] for k in select]
+    splits = {n: _Split(c, feats[n], labels, select) for n, c in cuts.items()}
     grid = cfg.lr_grid if cfg.lr_sweep else [cfg.lr]
     with _cpu_threads(1 if spec.pooled and device.type == "cpu" else None):
         runs = [_train_once(spec, task, upstream.name, labels, splits, layers, layer_index,
                             dataclasses.replace(cfg, lr=lr, lr_sweep=False), device) for lr in grid]
+    for r in runs:
+        r.skipped_audio = skipped
     if not cfg.lr_sweep:
         return runs[0]
     best = runs[0]

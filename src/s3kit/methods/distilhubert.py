@@ -55,6 +55,9 @@ class DistilConfig:
     batch_size / max_duration: utterances and seconds of audio per batch (paper: 24 utterances).
     feature_grad_mult: scale of the gradient into the student's CNN (s3prl's recipe: 0.1; the paper
         is silent); 0 freezes the CNN and skips its backward pass. MelHuBERT students have no CNN.
+    spec_augment: mask the student's input in training with the teacher config's SpecAugment
+        (transformers students only). DistilHuBERT does not (§2; s3prl's distiller has no
+        masking), so it is off unless a recipe asks for it; the teacher never sees masked input.
     """
 
     layers: int = 2
@@ -66,6 +69,7 @@ class DistilConfig:
     keep_heads: bool = False
     init_from_teacher: bool = True
     feature_grad_mult: float = 0.1
+    spec_augment: bool = False
     crop_samples: int | None = CROP_SAMPLES
     batch_size: int = 24
     max_duration: float = 400.0
@@ -141,10 +145,12 @@ class PredictionHeads(nn.Module):
         return torch.einsum("btnd,nde->nbte", h, self.weight) + self.bias[:, None, None, :]
 
 
-def build_student(teacher_model: nn.Module, layers: int = 2, init_from_teacher: bool = True) -> nn.Module:
+def build_student(teacher_model: nn.Module, layers: int = 2, init_from_teacher: bool = True,
+                  spec_augment: bool = False) -> nn.Module:
     """A transformers model of the teacher's class and config with ``layers`` transformer layers,
     optionally initialised from the teacher (every tensor whose name and shape exist in both:
     CNN, feature projection, pos-conv, encoder layer norm, ``encoder.layers.0..layers-1``).
+    Its config keeps the teacher's SpecAugment settings only with ``spec_augment``.
     A :class:`MelHubert` teacher gives a :class:`MelHubert` student (:func:`build_melhubert_student`)."""
     if isinstance(teacher_model, MelHubert):
         return build_melhubert_student(teacher_model, layers, init_from_teacher)
@@ -153,7 +159,8 @@ def build_student(teacher_model: nn.Module, layers: int = 2, init_from_teacher: 
         raise ValueError(f"student layers={layers} exceed the teacher's {config.num_hidden_layers}")
     config.num_hidden_layers = layers
     config.layerdrop = 0.0  # DDP needs every layer every step (DEPENDENCIES.md §4)
-    config.apply_spec_augment = False  # DistilHuBERT does not mask the student's input
+    if not spec_augment:
+        config.apply_spec_augment = False  # DistilHuBERT does not mask the student's input
     student = type(teacher_model)(config)
     if init_from_teacher:
         own = student.state_dict()
@@ -162,7 +169,7 @@ def build_student(teacher_model: nn.Module, layers: int = 2, init_from_teacher: 
         if missing:
             raise ValueError(f"student tensors with no teacher counterpart: {missing[:5]}")
         student.load_state_dict(copied)
-    if getattr(student, "masked_spec_embed", None) is not None:
+    if getattr(student, "masked_spec_embed", None) is not None and not spec_augment:
         student.masked_spec_embed.requires_grad_(False)  # unused without masking (DDP needs grads for all)
     return student
 
@@ -269,8 +276,10 @@ class DistilHuBERT(nn.Module):
         if isinstance(teacher, HFUpstream):
             teacher_net.config.layerdrop = 0.0
         self.targets = cfg.resolve_targets(_depth(teacher_net))
-        self.student = _as_upstream(build_student(teacher_net, cfg.layers, cfg.init_from_teacher), "distilhubert")
+        student = build_student(teacher_net, cfg.layers, cfg.init_from_teacher, cfg.spec_augment)
+        self.student = _as_upstream(student, "distilhubert")
         if isinstance(self.student, HFUpstream):
+            self.student.spec_augment = cfg.spec_augment  # the student's input is masked only when asked
             self.student.feature_grad_mult = cfg.feature_grad_mult
             if cfg.feature_grad_mult == 0:
                 self.student.model.feature_extractor.requires_grad_(False)
@@ -519,9 +528,10 @@ def distill(teacher: str | Path | nn.Module, manifest, cfg: DistilConfig = Disti
             import torch.distributed as dist
 
             if dist.get_rank() == 0:
-                cache_mod.ensure_cache(root, teacher, list(targets), cuts)
+                cache_mod.ensure_cache(root, teacher, list(targets), cuts, **cfg.train.bad_audio_options)
             dist.barrier()
-        cache = cache_mod.ensure_cache(root, teacher, list(targets), cuts, progress=False)
+        cache = cache_mod.ensure_cache(root, teacher, list(targets), cuts, progress=False,
+                                       **cfg.train.bad_audio_options)
     method = DistilHuBERT(teacher, cfg, cache=cache)
     longest = max((c.duration for c in cuts), default=0.0)
     loader = make_loader(cuts, max_duration=max(cfg.max_duration, longest), max_cuts=cfg.batch_size,

@@ -602,15 +602,16 @@ def load_teacher(path: str | Path, need_codebook: bool):
 
 
 @torch.no_grad()
-def fbank_stats(student: KWSStudent, cuts, max_cuts: int = 2000) -> tuple[Tensor, Tensor]:
-    """Per-bin mean and std ``[F]`` of the raw fbank over (up to ``max_cuts``) utterances."""
+def fbank_stats(student: KWSStudent, cuts, max_cuts: int = 2000, **bad_audio) -> tuple[Tensor, Tensor]:
+    """Per-bin mean and std ``[F]`` of the raw fbank over (up to ``max_cuts``) utterances.
+    ``bad_audio``: ``on_bad_audio`` / ``max_bad_share`` for :func:`~s3kit.data.loader.make_loader`."""
     from s3kit.data.loader import make_loader
 
     subset = cuts.subset(first=max_cuts) if len(cuts) > max_cuts else cuts
     longest = max(c.duration for c in subset)
     s1 = s2 = None
     n = 0
-    for batch in make_loader(subset, max_duration=max(60.0, longest), shuffle=False):
+    for batch in make_loader(subset, max_duration=max(60.0, longest), shuffle=False, **bad_audio):
         feats, flen = student.front_end.raw(batch.wavs, batch.lengths)
         valid = torch.arange(feats.shape[1])[None] < flen[:, None]
         x = feats[valid].double()  # (frames, F)
@@ -648,12 +649,13 @@ def _save_cache(target: Path, tensors: dict[str, Tensor]) -> None:
 
 @torch.no_grad()
 def build_teacher_cache(cuts, teacher=None, codebook: TeacherCodebook | None = None, path: str | Path | None = None,
-                        progress: bool = True) -> tuple[dict, dict]:
+                        progress: bool = True, **bad_audio) -> tuple[dict, dict]:
     """``({id: [L, D] time-averaged teacher states (all of them)}, {id: [Tt, G] teacher codes})``
     over ``cuts``, each utterance run alone (what the live teacher computes), computed once and
     stored under ``path`` (``pooled-<key>`` / ``codes-<key>.safetensors``, keyed by the weights
     and the manifest) so that every Table 1 row reuses them. Pooled states are tiny: L x D floats
-    per utterance."""
+    per utterance. ``bad_audio``: ``on_bad_audio`` / ``max_bad_share`` for the loader (skipped
+    cuts have no entry)."""
     from safetensors.torch import load_file
 
     from s3kit.data.loader import make_loader
@@ -671,7 +673,7 @@ def build_teacher_cache(cuts, teacher=None, codebook: TeacherCodebook | None = N
             todo.append(kind)
     if todo:
         longest = max(c.duration for c in cuts)
-        it = make_loader(cuts, max_duration=max(60.0, longest), max_cuts=32, shuffle=False)
+        it = make_loader(cuts, max_duration=max(60.0, longest), max_cuts=32, shuffle=False, **bad_audio)
         if progress:
             from tqdm.auto import tqdm
 
@@ -708,7 +710,7 @@ def distill_dvcc(teacher: str | Path | None, manifest, cfg: DVCCConfig = DVCCCon
     cuts = load_cuts(manifest) if isinstance(manifest, (str, Path)) else manifest
     torch.manual_seed(cfg.train.seed)
     student = KWSStudent(config_for(cfg.student))
-    student.front_end.set_stats(*fbank_stats(student, cuts, cfg.stats_cuts))
+    student.front_end.set_stats(*fbank_stats(student, cuts, cfg.stats_cuts, **cfg.train.bad_audio_options))
     out_dir = Path(cfg.train.out_dir)
     if not cfg.distills:
         path = save_student(out_dir / "student", student, note="no distillation (baseline w/o KD)")
@@ -729,7 +731,7 @@ def distill_dvcc(teacher: str | Path | None, manifest, cfg: DVCCConfig = DVCCCon
         all_cuts = cuts if vcuts is None else cuts + vcuts
         pooled, codes = build_teacher_cache(all_cuts, up if layers else None,
                                             codebook if cfg.codebook == "teacher" else None, root,
-                                            progress=cfg.train.progress)
+                                            progress=cfg.train.progress, **cfg.train.bad_audio_options)
     method = DVCCDistiller(student, cfg, teacher=up, codebook=codebook, pooled_cache=pooled, code_cache=codes)
     longest = max(c.duration for c in cuts)
     loader = make_loader(cuts, max_duration=max(cfg.max_duration, longest), max_cuts=cfg.batch_size,

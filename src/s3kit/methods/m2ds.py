@@ -251,13 +251,14 @@ def noisy_input(speech: Tensor, noise: Tensor | None, alpha: float, speech_mean:
 
 @torch.no_grad()
 def compute_norm_stats(cuts, max_cuts: int | None = NORM_MAX_CUTS, seed: int = 0, progress: bool = True,
-                       logmel: LogMel | None = None) -> tuple[float, float]:
+                       logmel: LogMel | None = None, bad_audio=None) -> tuple[float, float]:
     """Scalar mean and std of the M2D-S log-mel over all bins and valid frames of up to
-    ``max_cuts`` randomly chosen cuts (the official code uses 5,000 random crops)."""
+    ``max_cuts`` randomly chosen cuts (the official code uses 5,000 random crops).
+    ``bad_audio`` (:class:`~s3kit.data.badaudio.BadAudio`): unusable cuts stop (default) or are left out."""
     import numpy as np
     from tqdm.auto import tqdm
 
-    from s3kit.data.loader import load_cut_audio
+    from s3kit.data.badaudio import try_load
     from s3kit.data.manifest import load_cuts
 
     cuts = load_cuts(cuts) if isinstance(cuts, (str, Path)) else cuts
@@ -270,7 +271,12 @@ def compute_norm_stats(cuts, max_cuts: int | None = NORM_MAX_CUTS, seed: int = 0
     logmel = logmel or LogMel()
     total, total_sq, count = 0.0, 0.0, 0
     for cut in tqdm(items, desc="log-mel stats", disable=not progress, dynamic_ncols=True):
-        wav = torch.from_numpy(load_cut_audio(cut))[None]
+        audio, bad = try_load(cut, bad_audio.policy if bad_audio is not None else "error")
+        if bad_audio is not None:
+            bad_audio.record([bad] if bad else [], tried=1)
+        if bad is not None:
+            continue
+        wav = torch.from_numpy(audio)[None]
         mel, _ = logmel(wav)
         m = mel.double()
         total += float(m.sum())
@@ -288,18 +294,30 @@ class NoiseBank:
     each draw reads its file.
     """
 
-    def __init__(self, cuts, preload_seconds: float = 3600.0, progress: bool = False):
-        from s3kit.data.loader import load_cut_audio
+    def __init__(self, cuts, preload_seconds: float = 3600.0, progress: bool = False, bad_audio=None):
+        from s3kit.data.badaudio import BadAudio
         from s3kit.data.manifest import load_cuts
 
         cuts = load_cuts(cuts) if isinstance(cuts, (str, Path)) else cuts
         self.cuts = list(cuts)
         if not self.cuts:
             raise ValueError("the noise manifest is empty")
-        self._load = load_cut_audio
+        # unusable noise files stop (default) or are dropped from the bank (s3kit.data.badaudio)
+        self.bad_audio = bad_audio or BadAudio("error", total=len(self.cuts))
         self.wavs = None
         if sum(c.duration for c in self.cuts) <= preload_seconds:
-            self.wavs = [torch.from_numpy(load_cut_audio(c)) for c in self.cuts]
+            loaded = [(c, self._load(c)) for c in self.cuts]
+            self.cuts = [c for c, w in loaded if w is not None]
+            self.wavs = [w for _, w in loaded if w is not None]
+            if not self.cuts:
+                raise ValueError("no usable file in the noise manifest")
+
+    def _load(self, cut) -> Tensor | None:
+        from s3kit.data.badaudio import try_load
+
+        audio, bad = try_load(cut, self.bad_audio.policy)
+        self.bad_audio.record([bad] if bad else [], tried=1)
+        return None if audio is None else torch.from_numpy(audio)
 
     def __len__(self) -> int:
         return len(self.cuts)
@@ -308,8 +326,14 @@ class NoiseBank:
         """``[n, samples]`` float32 noise crops."""
         out = torch.empty(n, samples)
         for b in range(n):
-            i = int(torch.randint(len(self.cuts), (), generator=generator))
-            wav = self.wavs[i] if self.wavs is not None else torch.from_numpy(self._load(self.cuts[i]))
+            wav = None
+            while wav is None:
+                if not self.cuts:
+                    raise ValueError("no usable file in the noise manifest")
+                i = int(torch.randint(len(self.cuts), (), generator=generator))
+                wav = self.wavs[i] if self.wavs is not None else self._load(self.cuts[i])
+                if wav is None:  # skipped: draw from the others from now on
+                    self.cuts.pop(i)
             if wav.numel() < samples:
                 wav = wav.repeat(math.ceil(samples / wav.numel()))
             start = int(torch.randint(wav.numel() - samples + 1, (), generator=generator))
@@ -543,10 +567,13 @@ def build_method(speech, noise=None, teacher=None, cfg: M2DSConfig = M2DSConfig(
     from s3kit.upstream import load_upstream
     from s3kit.upstream.hf import HFUpstream
 
+    from s3kit.data.badaudio import BadAudio
+
     cuts = _cuts(speech)
     mean, std = cfg.norm_mean, cfg.norm_std
     if mean is None or std is None:
-        mean, std = compute_norm_stats(cuts, cfg.norm_max_cuts, seed=cfg.train.seed, progress=progress)
+        bad = BadAudio(cfg.train.on_bad_audio, cfg.train.max_bad_share, total=min(len(cuts), cfg.norm_max_cuts or len(cuts)))
+        mean, std = compute_norm_stats(cuts, cfg.norm_max_cuts, seed=cfg.train.seed, progress=progress, bad_audio=bad)
     bank, noise_mean = None, 0.0
     if cfg.uses_noise:
         if noise is None:
@@ -554,9 +581,12 @@ def build_method(speech, noise=None, teacher=None, cfg: M2DSConfig = M2DSConfig(
                              f"or set noise_ratio=0 to train without denoising")
         ncuts = _cuts(noise)
         noise_mean = cfg.noise_mean
+        noise_bad = BadAudio(cfg.train.on_bad_audio, cfg.train.max_bad_share, total=len(ncuts))  # noise is training data
         if noise_mean is None:
-            noise_mean, _ = compute_norm_stats(ncuts, cfg.norm_max_cuts, seed=cfg.train.seed, progress=progress)
-        bank = NoiseBank(ncuts, cfg.noise_preload_seconds)
+            noise_mean, _ = compute_norm_stats(ncuts, cfg.norm_max_cuts, seed=cfg.train.seed, progress=progress,
+                                               bad_audio=BadAudio(noise_bad.policy, noise_bad.max_share,
+                                                                  min(len(ncuts), cfg.norm_max_cuts or len(ncuts))))
+        bank = NoiseBank(ncuts, cfg.noise_preload_seconds, bad_audio=noise_bad)
     up, cache, offline_dim = None, None, None
     if cfg.uses_teacher:
         if teacher is None:
@@ -575,9 +605,11 @@ def build_method(speech, noise=None, teacher=None, cfg: M2DSConfig = M2DSConfig(
 
             if dist.is_available() and dist.is_initialized():  # rank 0 builds, the others read it after
                 if dist.get_rank() == 0:
-                    cache_mod.ensure_cache(root, up, [cfg.teacher_layer], cuts, progress=progress)
+                    cache_mod.ensure_cache(root, up, [cfg.teacher_layer], cuts, progress=progress,
+                                           **cfg.train.bad_audio_options)
                 dist.barrier()
-            cache = cache_mod.ensure_cache(root, up, [cfg.teacher_layer], cuts, progress=progress)
+            cache = cache_mod.ensure_cache(root, up, [cfg.teacher_layer], cuts, progress=progress,
+                                           **cfg.train.bad_audio_options)
     model = M2DViT(cfg.model_config(offline_dim))
     model.encoder.set_norm_stats(mean, std)
     starts = {c.id: float(c.start) for c in cuts} if cache is not None else None

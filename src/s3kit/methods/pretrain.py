@@ -376,16 +376,21 @@ def make_targets(
     max_duration: float = 60.0,
     device: str = "cpu",
     also_label=(),
+    on_bad_audio: str = "error",
+    max_bad_share: float = 0.01,
 ) -> Units:
     """Fit k-means on ``source`` features of ``manifest`` and label every utterance of it and of
     the manifests in ``also_label`` (validation sets); writes ``out`` (units safetensors) and
-    ``out`` with suffix ``.centroids.safetensors``."""
+    ``out`` with suffix ``.centroids.safetensors``. ``on_bad_audio`` / ``max_bad_share``: what
+    to do with unusable cuts of ``manifest`` (:mod:`s3kit.data.badaudio`; ``also_label`` must
+    be complete)."""
     from safetensors.torch import save_file
 
     from s3kit.data.loader import make_loader
 
     featurize = Featurizer(source, device)
-    loader = lambda: make_loader(manifest, max_duration=max_duration, shuffle=False)  # noqa: E731
+    loader = lambda: make_loader(manifest, max_duration=max_duration, shuffle=False,  # noqa: E731
+                                 on_bad_audio=on_bad_audio, max_bad_share=max_bad_share)
     km = fit_kmeans(loader(), featurize, num_clusters, seed, max_frames)
     meta = {"source": source, "num_clusters": num_clusters, "seed": seed, "frame_rate": FRAME_RATE,
             "inertia_per_frame": float(km.inertia_) if km.inertia_ is not None else None}
@@ -658,13 +663,15 @@ def pretrain(manifest, cfg: PretrainConfig = PretrainConfig(), train_cfg=None, v
             units = load_units(path)
         else:
             units = make_targets(manifest, path, cfg.kmeans_from, cfg.num_clusters, cfg.kmeans_seed,
-                                 cfg.kmeans_max_frames, cfg.max_duration, also_label=[val_manifest] if val_manifest else [])
+                                 cfg.kmeans_max_frames, cfg.max_duration, also_label=[val_manifest] if val_manifest else [],
+                                 **train_cfg.bad_audio_options)
     method = build_method(cfg, units)
     paper = TABLE2_PARAMS.get((cfg.kind, cfg.arch))
     print(f"{cfg.kind} {cfg.arch}: {count_parameters(method.model) / 1e6:.2f} M parameters with its head"
           + (f" (Table 2: {paper} M)" if paper and not cfg.model else ""))
     if cfg.kind == "melhubert":
-        mean, std = fbank_stats(method.model, make_loader(manifest, max_duration=cfg.max_duration, shuffle=False))
+        stats_data = make_loader(manifest, max_duration=cfg.max_duration, shuffle=False, **train_cfg.bad_audio_options)
+        mean, std = fbank_stats(method.model, stats_data)
         method.model.encoder.front_end.set_stats(mean, std)
     loader = make_loader(manifest, max_duration=cfg.max_duration, shuffle=True, seed=train_cfg.seed)
     val = make_loader(val_manifest, max_duration=cfg.max_duration, shuffle=False) if val_manifest else None

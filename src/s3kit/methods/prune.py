@@ -785,11 +785,90 @@ def upstream_from_checkpoint(directory: str | Path, **options):
     return HFUpstream(enc, name=name, **options).eval()
 
 
+# ============================================================================ export to transformers
+
+
+@torch.no_grad()
+def restore_pruned(model: nn.Module) -> nn.Module:
+    """An unpruned-shape copy of ``model``'s pruned transformers encoder with the removed parts
+    restored as zeros, so that ``from_pretrained`` can load it and its outputs are unchanged.
+
+    A removed head gets zero Q/K/V rows and biases and zero out-projection columns: its query and
+    key are 0, its value is 0, so its context (and its share of the output) is exactly 0. WavLM's
+    per-head gate constant is restored as 0 for such heads (it multiplies a zero context). A
+    removed FFN row gets zero fc1 row and bias and a zero fc2 column, so it adds exactly 0. Kept
+    heads return to their original index; kept rows fill the first ``F_i`` rows of the
+    ``intermediate_size`` (an FFN is invariant to the order of its rows). Weight-pruned models
+    keep their shapes and are copied as they are. Every tensor of the result is copied or set
+    here; none is left at its random initialisation.
+    """
+    enc = encoder_of(model)
+    if _family(enc) != "transformers":
+        raise TypeError(f"{type(enc).__name__}: only transformers encoders have a transformers form "
+                        f"(MelHuBERT's s3kit checkpoint is its export)")
+    info = pruned_meta(enc)["pruned"]
+    full = _build_base(info).to(next(enc.parameters()).device).eval()
+    theirs, mine = enc.state_dict(), full.state_dict()
+    done = set()
+    for k, v in mine.items():
+        if k in theirs and theirs[k].shape == v.shape:
+            v.copy_(theirs[k])
+            done.add(k)
+    prefix = {id(m): n for n, m in full.named_modules()}
+    for small, big in zip(layer_parts(enc), layer_parts(full)):
+        E, kept = head_dim(small.attn), kept_heads(small.attn)
+        rows = torch.tensor([h * E + e for h in kept for e in range(E)], dtype=torch.long)
+        for name in ("q_proj", "k_proj", "v_proj"):
+            src, dst = getattr(small.attn, name), getattr(big.attn, name)
+            dst.weight.zero_()[rows] = src.weight
+            if dst.bias is not None:
+                dst.bias.zero_()[rows] = src.bias
+            done.update(f"{prefix[id(dst)]}.{n}" for n, _ in dst.named_parameters())
+        dst = big.attn.out_proj
+        dst.weight.zero_()[:, rows] = small.attn.out_proj.weight
+        if dst.bias is not None:
+            dst.bias.copy_(small.attn.out_proj.bias)
+        done.update(f"{prefix[id(dst)]}.{n}" for n, _ in dst.named_parameters())
+        if hasattr(big.attn, "gru_rel_pos_const"):
+            big.attn.gru_rel_pos_const.zero_()[:, kept] = small.attn.gru_rel_pos_const
+            done.add(f"{prefix[id(big.attn)]}.gru_rel_pos_const")
+        width = small.fc1.out_features
+        big.fc1.weight.zero_()[:width] = small.fc1.weight
+        big.fc1.bias.zero_()[:width] = small.fc1.bias
+        big.fc2.weight.zero_()[:, :width] = small.fc2.weight
+        big.fc2.bias.copy_(small.fc2.bias)
+        done.update(f"{prefix[id(lin)]}.{n}" for lin in (big.fc1, big.fc2) for n, _ in lin.named_parameters())
+    missed = sorted(set(mine) - done)
+    if missed:
+        raise ValueError(f"restore_pruned: tensors with no pruned counterpart: {missed[:5]}")
+    return full
+
+
+def export_transformers(directory: str | Path, out: str | Path) -> Path:
+    """Write a pruned checkpoint (:func:`save_pruned`, a compression-study row) as a transformers
+    directory that ``AutoModel.from_pretrained(out)`` loads: removed heads and FFN rows restored as
+    zeros (:func:`restore_pruned`), same outputs. The file has the unpruned size and runs at the
+    unpruned speed; the pruned model's speed-up needs ``s3kit.load_upstream(directory)``."""
+    from transformers.utils import logging as hf_logging
+
+    from s3kit.checkpoint import CheckpointError
+
+    enc, meta = load_pruned(directory)
+    if _family(enc) != "transformers":
+        raise CheckpointError(f"{directory}: a pruned MelHuBERT has no transformers class; the s3kit checkpoint is "
+                              f"the export (load it with s3kit.load_upstream)")
+    hf_logging.disable_progress_bar()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    restore_pruned(enc).save_pretrained(out)
+    return out
+
+
 __all__ = [
     "SPARSITY_SCHEDULE", "DistillFromOriginal", "HeadPruneConfig", "LayerParts", "PlateauTrigger", "PruneFinetune",
     "RowPruneConfig", "WeightMasks", "WeightPruneConfig", "apply_structure", "as_upstream", "distill_loss",
-    "encoder_of", "ffn_widths", "global_magnitude_masks", "head_l1_scores", "head_schedule", "head_scores",
-    "heads_per_layer", "kept_heads", "layer_parts", "load_pruned", "prune_heads", "prune_lowest_heads",
-    "prune_lowest_rows", "prune_rows", "pruned_meta", "row_l1_scores", "row_schedule", "row_scores",
-    "save_pruned", "sparsity_levels", "upstream_from_checkpoint", "zero_fraction",
+    "encoder_of", "export_transformers", "ffn_widths", "global_magnitude_masks", "head_l1_scores", "head_schedule",
+    "head_scores", "heads_per_layer", "kept_heads", "layer_parts", "load_pruned", "prune_heads", "prune_lowest_heads",
+    "prune_lowest_rows", "prune_rows", "pruned_meta", "restore_pruned", "row_l1_scores", "row_schedule",
+    "row_scores", "save_pruned", "sparsity_levels", "upstream_from_checkpoint", "zero_fraction",
 ]

@@ -11,7 +11,10 @@ REFERENCE-NOTES.md §B). Each anchor ``s_i`` gets a positive view ``s'_i``:
 * **Twin**: the same waveform with one contiguous span of 20 % of its samples zeroed, the start
   uniform in the first four fifths (App. B); the encoder's dropout (0.1) perturbs both views.
 * **Neutral**: a monotone TTS rendering of the transcript, made offline and cached (§2.1).
-* **Mixed**: Twin or Neutral, a uniform choice per example (§2.1).
+* **Mixed**: Twin or Neutral, a uniform choice per example (§2.1). Its negatives for ``s_i`` are
+  the union of Twin's and Neutral's (§2.1): the other utterances, their twins *and* their neutral
+  renderings, so every item's other view is encoded too; ``mixed_negatives="chosen"`` keeps the
+  official code's cheaper set (each other utterance contributes only the view it drew).
 
 The loss is InfoNCE with cosine similarity / τ (§2, τ = 0.04, App. B). Negatives of ``s_i`` are
 the other anchors and the other anchors' views (§2.1 "Negative Pairs"); with the whole batch of
@@ -62,17 +65,21 @@ NEUTRAL_VOICE = "flite:kal16"
 # ----------------------------------------------------------------------------- loss (§2)
 
 
-def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, tau: float = TAU) -> Tensor:
+def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, tau: float = TAU,
+             negative_owner: Tensor | None = None) -> Tensor:
     """InfoNCE with cosine similarity / τ, mean over anchors (§2, one direction).
 
     ``L = -1/N sum_i log exp(cos(a_i, p_i)/τ) / [ sum_j exp(cos(a_i, p_j)/τ)
-    + sum_{j≠i} exp(cos(a_i, a_j)/τ) + sum_m exp(cos(a_i, n_m)/τ) ]``
+    + sum_{j≠i} exp(cos(a_i, a_j)/τ) + sum_{m: owner(m)≠i} exp(cos(a_i, n_m)/τ) ]``
 
     Args:
         anchors, positives: ``[N, D]``; row i of each is a positive pair. For anchor i the other
             rows of *both* are negatives (the other utterances and their views, §2.1).
-        negatives: optional extra negatives ``[M, D]`` for every anchor.
+        negatives: optional extra negatives ``[M, D]``.
         tau: temperature.
+        negative_owner: optional ``[M]`` pair index each extra negative belongs to (another view
+            of that utterance); anchor i skips its own (§2.1: ``N_i`` holds views of ``s_j``, j≠i).
+            None: every extra negative counts for every anchor.
     Returns: a scalar.
 
     NT-Xent (``pytorch_metric_learning.NTXentLoss`` on ``cat([anchors, positives])`` with labels
@@ -85,6 +92,8 @@ def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None
         raise ValueError(f"negatives {tuple(negatives.shape)} must be [M, {anchors.shape[1]}]")
     if tau <= 0:
         raise ValueError(f"tau={tau}: the temperature must be > 0")
+    if negative_owner is not None and (negatives is None or negative_owner.shape != (negatives.shape[0],)):
+        raise ValueError("negative_owner needs one pair index per extra negative")
     n = anchors.shape[0]
     a = F.normalize(anchors.float(), dim=-1)
     others = [F.normalize(positives.float(), dim=-1), a]
@@ -93,13 +102,18 @@ def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None
     logits = a @ torch.cat(others).T / tau  # (N, N + N + M): positives, anchors, extra negatives
     self_sim = torch.zeros_like(logits, dtype=torch.bool)
     self_sim[torch.arange(n), n + torch.arange(n)] = True  # an anchor is not its own negative
+    if negative_owner is not None and negatives.shape[0]:  # nor is another view of its own utterance
+        own = negative_owner.to(logits.device)[None, :] == torch.arange(n, device=logits.device)[:, None]
+        self_sim[:, 2 * n:] = own
     logits = logits.masked_fill(self_sim, float("-inf"))
     return F.cross_entropy(logits, torch.arange(n, device=logits.device))
 
 
-def nt_xent(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, tau: float = TAU) -> Tensor:
+def nt_xent(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, tau: float = TAU,
+            negative_owner: Tensor | None = None) -> Tensor:
     """Symmetric InfoNCE (NT-Xent): both members of each pair serve as anchors; ``[N, D]`` -> scalar."""
-    return 0.5 * (info_nce(anchors, positives, negatives, tau) + info_nce(positives, anchors, negatives, tau))
+    return 0.5 * (info_nce(anchors, positives, negatives, tau, negative_owner)
+                  + info_nce(positives, anchors, negatives, tau, negative_owner))
 
 
 def utterance_embedding(hidden: Hidden) -> Tensor:
@@ -120,8 +134,9 @@ class RewireConfig:
     mode: twin | neutral | mixed (the positive view).
     symmetric: NT-Xent over the whole batch of 2 x ``pairs`` items (official code, and the paper's
         sum over the batch of 8); False: only the originals are anchors (:func:`info_nce`).
-    mixed_negatives: ``chosen`` (official code: each item contributes the view it drew) or ``both``
-        (§2.1 read literally: the other items' twins *and* neutrals are negatives; one more forward).
+    mixed_negatives: ``union`` (§2.1: Mixed's negatives are the union of Twin's and Neutral's, so
+        the other items' twins *and* neutrals are negatives; one more forward per item) or
+        ``chosen`` (official code ``n_mirror_mix.py``: each item contributes only the view it drew).
     dropout: p of every dropout module in the encoder while rewiring (None: the model's own).
     spec_augment: transformers time masking of the projected features in train mode (None: the
         model's own ``apply_spec_augment``, active in the official code; False by default here
@@ -141,7 +156,7 @@ class RewireConfig:
     dropout: float | None = DROPOUT
     spec_augment: bool | None = False
     symmetric: bool = True
-    mixed_negatives: Literal["chosen", "both"] = "chosen"
+    mixed_negatives: Literal["union", "chosen"] = "union"
     max_samples: int = MAX_SAMPLES
     skip_samples: int | None = SKIP_SAMPLES
     epochs: float | None = None
@@ -167,8 +182,10 @@ class RewireConfig:
             raise ValueError(f"dropout={self.dropout}: must be in [0, 1)")
         if self.max_samples < 400:
             raise ValueError(f"max_samples={self.max_samples}: too short for the encoder's CNN")
-        if self.mixed_negatives not in ("chosen", "both"):
-            raise ValueError(f"mixed_negatives={self.mixed_negatives!r}: 'chosen' or 'both'")
+        if self.mixed_negatives not in ("union", "chosen"):
+            renamed = " ('both' is now called 'union')" if self.mixed_negatives == "both" else ""
+            raise ValueError(f"mixed_negatives={self.mixed_negatives!r}: 'union' (paper §2.1) or 'chosen' "
+                             f"(official code){renamed}")
         if self.updates is not None and self.updates < 1:
             raise ValueError(f"updates={self.updates}: must be >= 1")
 
@@ -356,6 +373,8 @@ class Rewire(nn.Module):
         model = getattr(upstream, "model", None)
         if model is not None and cfg.spec_augment is not None and hasattr(model.config, "apply_spec_augment"):
             model.config.apply_spec_augment = cfg.spec_augment
+        if model is not None and hasattr(upstream, "spec_augment"):  # HFUpstream masks only when told to
+            upstream.spec_augment = bool(getattr(model.config, "apply_spec_augment", False))
         self.upstream.requires_grad_(True)
 
     def embed(self, wavs: list[Tensor]) -> Tensor:
@@ -363,18 +382,19 @@ class Rewire(nn.Module):
         padded, lengths = _pad(wavs)
         return utterance_embedding(self.upstream(padded, lengths))
 
-    def views(self, batch) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[str]]:
-        """Per item: the anchor, its positive view, an optional extra negative and the view kind.
+    def views(self, batch) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[str], list[int]]:
+        """Per item: the anchor, its positive view, an optional extra negative (its other view under
+        Mixed ``union``), the view kind; and the item each extra negative belongs to.
         Randomness (half, view, span start) comes from torch's global RNG, which the trainer
         checkpoints, so a resumed run draws the same views."""
         wavs, lengths, cuts = batch.wavs, batch.lengths, batch.cuts
         cfg = self.cfg
-        anchors, positives, extra, kinds = [], [], [], []
+        anchors, positives, extra, kinds, owners = [], [], [], [], []
         for i, n in enumerate(lengths.tolist()):
             half = int(torch.randint(2, ()))
             wav = split_long(wavs[i, : int(n)], half, cfg.max_samples)
             kind = cfg.mode if cfg.mode != "mixed" else ("twin", "neutral")[int(torch.randint(2, ()))]
-            want = {kind} | ({"twin", "neutral"} if cfg.mode == "mixed" and cfg.mixed_negatives == "both" else set())
+            want = {kind} | ({"twin", "neutral"} if cfg.mode == "mixed" and cfg.mixed_negatives == "union" else set())
             made = {}
             if "twin" in want:
                 made["twin"] = twin(wav, cfg.span, int(torch.randint(2**31 - 1, ())))
@@ -384,20 +404,22 @@ class Rewire(nn.Module):
             anchors.append(wav)
             positives.append(made.pop(kind))
             extra.extend(made.values())
+            owners.extend([i] * len(made))
             kinds.append(kind)
-        return anchors, positives, extra, kinds
+        return anchors, positives, extra, kinds, owners
 
     def losses(self, batch) -> dict[str, Tensor]:
         if len(batch.lengths) < 2:
             raise ValueError(f"a rewiring batch needs >= 2 utterances, got {len(batch.lengths)} "
                              "(the loader should drop incomplete batches)")
-        anchors, positives, extra, kinds = self.views(batch)
+        anchors, positives, extra, kinds, owners = self.views(batch)
         n = len(anchors)
         emb = self.embed(anchors + positives + extra)
         a, p = emb[:n], emb[n : 2 * n]
         neg = emb[2 * n :] if extra else None
+        owner = torch.tensor(owners, dtype=torch.long) if extra else None
         loss_fn = nt_xent if self.cfg.symmetric else info_nce
-        loss = loss_fn(a, p, neg, self.cfg.tau)
+        loss = loss_fn(a, p, neg, self.cfg.tau, owner)
         with torch.no_grad():
             an, pn = F.normalize(a.float(), dim=-1), F.normalize(p.float(), dim=-1)
             sim = an @ pn.T  # (N, N)
@@ -454,6 +476,8 @@ def _restore_inference_settings(upstream: Upstream, original: dict) -> None:
     model = getattr(upstream, "model", None)
     if model is not None and original.get("spec_augment") is not None:
         model.config.apply_spec_augment = original["spec_augment"]
+    if original.get("upstream_spec_augment") is not None:
+        upstream.spec_augment = original["upstream_spec_augment"]
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -510,7 +534,8 @@ def rewire(model, manifest, cfg: RewireConfig = RewireConfig(), out_dir: str | P
         bank = NeutralBank(neutral_manifest, cfg.neutral_voice, cfg.neutral_cache, cfg.tts)
         bank.prepare(cuts, progress=cfg.train.progress)  # fails before training when one is missing
     original = {"dropout": _dropout_rates(upstream),
-                "spec_augment": getattr(getattr(getattr(upstream, "model", None), "config", None), "apply_spec_augment", None)}
+                "spec_augment": getattr(getattr(getattr(upstream, "model", None), "config", None), "apply_spec_augment", None),
+                "upstream_spec_augment": getattr(upstream, "spec_augment", None)}
     method = Rewire(upstream, cfg, bank)
     updates = cfg.total_updates(len(cuts))
     tcfg = dataclasses.replace(cfg.train, out_dir=str(out_dir), total_steps=updates)

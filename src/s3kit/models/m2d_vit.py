@@ -364,6 +364,10 @@ class M2DUpstream(Upstream):
     ``i``'s output, the last one after the final norm (as the official SUPERB wrapper returns it);
     each ``[B, Tp, Fp·D]`` at ``100 / patch_time`` Hz, CLS dropped. Padding is masked out of the
     attention, so a padded batch gives the states of one-by-one runs.
+
+    ``states[0]`` is kept for analysis, but the SUPERB weighted sum spans the blocks only
+    (:attr:`weighted_sum_layers` = 1..depth): the official wrapper returns no embedding-layer
+    output, and the paper's SUPERB numbers are weighted sums of the transformer layers.
     """
 
     def __init__(self, encoder: ViTEncoder, name: str = "m2d"):
@@ -375,6 +379,10 @@ class M2DUpstream(Upstream):
         self.frame_rate = self.cfg.frame_rate
         width = self.cfg.grid[0] * self.cfg.dim
         self.hidden_sizes = [width] * (self.cfg.depth + 1)
+
+    @property
+    def weighted_sum_layers(self) -> list[int]:
+        return list(range(1, self.cfg.depth + 1))  # the blocks; not the patch embedding states[0]
 
     def num_frames(self, lengths: Tensor) -> Tensor:
         mel = self.logmel.num_frames(torch.as_tensor(lengths, dtype=torch.long))

@@ -92,3 +92,55 @@ def tone_cuts(directory: str | Path, n: int = 6, classes: int = 2, seconds=(0.5,
         cut.supervisions = [sup]
         cuts.append(cut)
     return CutSet.from_cuts(cuts)
+
+
+BAD_AUDIO_KINDS = ("truncated", "missing", "empty", "non_finite", "channels", "sample_rate")
+
+
+def bad_audio_cuts(directory: str | Path, n_good: int = 4, kinds=BAD_AUDIO_KINDS, seed: int = 0):
+    """``(cuts, bad)``: ``n_good`` good tone cuts (labels as :func:`tone_cuts`) followed by one
+    broken cut per entry of ``kinds``; ``bad`` maps each broken cut's id to its kind, i.e. what
+    ``s3kit data check`` must report. Each manifest entry is made from a good 1 s, 16 kHz mono
+    file, which is then damaged the way real corpora are:
+
+    ``truncated``: a FLAC cut in half; ``missing``: deleted; ``empty``: rewritten with 0 samples;
+    ``non_finite``: float samples with NaNs; ``channels``: rewritten as stereo; ``sample_rate``:
+    rewritten at 8 kHz (the manifest is stale in the last two).
+    """
+    import soundfile as sf
+    from lhotse import CutSet, Recording, SupervisionSegment
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    good = tone_cuts(directory, n=n_good, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    cuts, bad = list(good), {}
+    for kind in kinds:
+        cut_id = f"bad_{kind}"
+        wav = sine(500.0, 1.0, 0.3) + 0.01 * rng.standard_normal(SAMPLE_RATE).astype(np.float32)
+        path = directory / f"{cut_id}.{'flac' if kind == 'truncated' else 'wav'}"
+        if kind == "non_finite":
+            wav[100:200] = np.nan
+            sf.write(str(path), wav, SAMPLE_RATE, subtype="FLOAT")
+        else:
+            sf.write(str(path), wav, SAMPLE_RATE, subtype="PCM_16")
+        rec = Recording.from_file(path, recording_id=cut_id)
+        if kind == "truncated":
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+        elif kind == "missing":
+            path.unlink()
+        elif kind == "empty":
+            sf.write(str(path), np.zeros(0, np.float32), SAMPLE_RATE, subtype="PCM_16")
+        elif kind == "channels":
+            sf.write(str(path), np.stack([wav, wav], axis=1), SAMPLE_RATE, subtype="PCM_16")
+        elif kind == "sample_rate":
+            sf.write(str(path), wav[::2], SAMPLE_RATE // 2, subtype="PCM_16")
+        elif kind != "non_finite":
+            raise ValueError(f"unknown bad-audio kind {kind!r}; choose from {BAD_AUDIO_KINDS}")
+        cut = rec.to_cut()
+        cut.supervisions = [SupervisionSegment(id=cut_id, recording_id=rec.id, start=0.0, duration=rec.duration,
+                                               speaker="spk0", custom={"keyword": "class0"})]
+        cuts.append(cut)
+        bad[cut_id] = kind
+    return CutSet.from_cuts(cuts), bad

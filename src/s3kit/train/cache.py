@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from s3kit import checkpoint
+from s3kit.data.badaudio import MAX_BAD_SHARE, BadAudio
 
 FEATS = "feats.f16"
 INDEX = "index.json"
@@ -103,34 +104,48 @@ class TeacherCache:
         return out
 
 
-def _batches(cuts, max_duration: float):
+def _batches(cuts, max_duration: float, bad_audio=None):
     """Every cut once, in length order, batched up to ``max_duration`` seconds; no lhotse
     sampler, which would shard the cuts across ranks under torchrun."""
     group, seconds = [], 0.0
     for cut in sorted(cuts, key=lambda c: c.duration):
         if group and seconds + cut.duration > max_duration:
-            yield _collate(group)
+            yield _collate(group, bad_audio)
             group, seconds = [], 0.0
         group.append(cut)
         seconds += cut.duration
     if group:
-        yield _collate(group)
+        yield _collate(group, bad_audio)
 
 
-def _collate(cuts):
-    from s3kit.data.loader import AudioBatch, load_cut_audio
+def _collate(cuts, bad_audio=None):
+    """A batch of ``cuts``; under ``bad_audio`` (a :class:`~s3kit.data.badaudio.BadAudio`) with the
+    ``skip`` policy, without the unusable ones (the training loader skips the same cuts)."""
+    from s3kit.data.badaudio import try_load
+    from s3kit.data.loader import AudioBatch
 
-    wavs = [torch.from_numpy(load_cut_audio(c)) for c in cuts]
+    wavs, kept, skipped = [], [], []
+    for c in cuts:
+        audio, bad = try_load(c, bad_audio.policy if bad_audio is not None else "error")
+        if bad is not None:
+            skipped.append(bad)
+            continue
+        wavs.append(torch.from_numpy(audio))
+        kept.append(c)
+    if bad_audio is not None:
+        bad_audio.record(skipped, tried=len(cuts))
     lengths = torch.tensor([len(w) for w in wavs], dtype=torch.long)
-    return AudioBatch(torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True), lengths, list(cuts), [c.id for c in cuts])
+    padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True) if wavs else torch.zeros(0, 0)
+    return AudioBatch(padded, lengths, kept, [c.id for c in kept], skipped)
 
 
 @torch.no_grad()
 def build_cache(directory: str | Path, teacher, layers: list[int], cuts, key: str,
-                max_duration: float = 60.0, progress: bool = True) -> TeacherCache:
+                max_duration: float = 60.0, progress: bool = True, bad_audio=None) -> TeacherCache:
     """Run ``teacher`` (an upstream: :class:`~s3kit.upstream.hf.HFUpstream`,
     :class:`~s3kit.models.melhubert.MelHubertUpstream`; fp32, eval) over ``cuts`` and
-    write its ``layers`` (hidden-state indices) to ``directory`` atomically."""
+    write its ``layers`` (hidden-state indices) to ``directory`` atomically. ``bad_audio``
+    (:class:`~s3kit.data.badaudio.BadAudio`): what to do with unusable cuts (default: stop)."""
     from tqdm.auto import tqdm
 
     directory = Path(directory)
@@ -145,7 +160,10 @@ def build_cache(directory: str | Path, teacher, layers: list[int], cuts, key: st
     dim = None
     bar = tqdm(total=len(cuts), desc="teacher cache", disable=not progress, dynamic_ncols=True)
     with open(tmp / FEATS, "wb") as f:
-        for batch in _batches(cuts, max_duration):
+        for batch in _batches(cuts, max_duration, bad_audio):
+            bar.update(len(batch.skipped))
+            if not len(batch):
+                continue
             hidden = teacher(batch.wavs.to(device), batch.lengths.to(device))
             stacked = torch.stack([hidden.states[i] for i in layers], dim=2)  # (B, T, L, D)
             dim = stacked.shape[-1]
@@ -176,9 +194,11 @@ def teacher_model(teacher: torch.nn.Module) -> torch.nn.Module:
 
 
 def ensure_cache(root: str | Path, teacher, layers: list[int], cuts, progress: bool = True,
-                 max_duration: float = 60.0) -> TeacherCache:
+                 max_duration: float = 60.0, on_bad_audio: str = "error",
+                 max_bad_share: float = MAX_BAD_SHARE) -> TeacherCache:
     """The cache for (teacher weights/config, layers, manifest) under ``root``: reused when its
-    key matches, else built; caches with other keys under ``root`` are removed (invalidated)."""
+    key matches, else built; caches with other keys under ``root`` are removed (invalidated).
+    With ``on_bad_audio="skip"`` unusable cuts are left out (:mod:`s3kit.data.badaudio`)."""
     root = Path(root)
     # the wrapper's input options change the features too (waveform normalisation, CNN batching)
     options = {k: getattr(teacher, k) for k in ("normalize", "per_utterance_cnn") if hasattr(teacher, k)}
@@ -192,4 +212,6 @@ def ensure_cache(root: str | Path, teacher, layers: list[int], cuts, progress: b
         for stale in root.glob("teacher-*"):
             if stale.name != directory.name:
                 shutil.rmtree(stale, ignore_errors=True)
-    return build_cache(directory, teacher, layers, cuts, key, max_duration=max_duration, progress=progress)
+    bad_audio = BadAudio(on_bad_audio, max_bad_share, total=len(cuts))
+    return build_cache(directory, teacher, layers, cuts, key, max_duration=max_duration, progress=progress,
+                       bad_audio=bad_audio)

@@ -25,6 +25,13 @@ environment (gloo on CPU, nccl on CUDA) and the method is wrapped in
 ``DistributedDataParallel``; every step goes through the DDP wrapper (calling ``.module``
 directly would skip the gradient all-reduce, DEPENDENCIES.md §4). The data must be sharded per
 rank (s3kit's lhotse loader does it by itself when built after :func:`setup_distributed`).
+
+Bad audio: an s3kit loader (:func:`s3kit.data.loader.make_loader`) built without a policy gets
+``TrainConfig.on_bad_audio`` (``skip``: unusable cuts are dropped, logged once, counted in
+``metrics.csv`` as ``skipped_audio`` and listed in ``out_dir/skipped_audio.jsonl``; more than
+``max_bad_share`` of them stops the run). Under DDP a rank that stops on its data (a bad file under
+``error``, the share limit) stops every rank with its message, at the same step: no rank hangs in
+a collective waiting for it.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from s3kit import checkpoint
+from s3kit.data.badaudio import MAX_BAD_SHARE, OnBadAudio, check_policy, skipped_path
 
 CKPT_DIR = "checkpoints"
 STATE_KEY = "trainer_state"
@@ -80,6 +88,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    on_bad_audio: OnBadAudio = "skip"  # training data: drop an unusable cut (s3kit.data.badaudio); "error" stops
+    max_bad_share: float = MAX_BAD_SHARE  # with "skip": stop once more than this share of the cuts was unusable
 
     def __post_init__(self):
         if self.total_steps < 1:
@@ -90,6 +100,15 @@ class TrainConfig:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if self.keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
+        check_policy(self.on_bad_audio)
+        if not 0.0 <= self.max_bad_share <= 1.0:
+            raise ValueError(f"max_bad_share must be in [0, 1], got {self.max_bad_share}")
+
+    @property
+    def bad_audio_options(self) -> dict[str, Any]:
+        """``on_bad_audio`` / ``max_bad_share`` as keywords for the loaders and passes over the
+        training data that run before :func:`train` (teacher caches, feature statistics, k-means)."""
+        return {"on_bad_audio": self.on_bad_audio, "max_bad_share": self.max_bad_share}
 
     @property
     def warmup_steps(self) -> int:
@@ -99,13 +118,15 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     """What :func:`train` returns: the final step, per-step train losses (this run's steps, keyed
-    by step), validation history ``[(step, {name: value})]`` and the last checkpoint directory."""
+    by step), validation history ``[(step, {name: value})]``, the last checkpoint directory and
+    the number of training cuts skipped as unusable audio (all ranks)."""
 
     step: int
     losses: dict[int, float]
     val: list[tuple[int, dict[str, float]]]
     checkpoint: Path | None
     out_dir: Path
+    skipped_audio: int = 0
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -242,6 +263,46 @@ class _DataCursor:
             return self._next_raw()
 
 
+def _all_ranks_ok(error: BaseException | None, world: int, device: torch.device) -> None:
+    """Under DDP, raise on every rank when any rank failed to get its data (so none waits forever
+    in the next collective); the failing rank re-raises its own error."""
+    if world > 1:
+        import torch.distributed as dist
+
+        flag = torch.tensor([0.0 if error is None else 1.0], device=device)
+        dist.all_reduce(flag)
+        if flag.item() > 0:
+            parts = [None] * world
+            dist.all_gather_object(parts, None if error is None else f"{type(error).__name__}: {error}")
+            if error is None:
+                rank, msg = next((r, m) for r, m in enumerate(parts) if m is not None)
+                from s3kit.audio import AudioError
+
+                cls = AudioError if msg.split(":", 1)[0] in ("AudioError", "BadAudioShareError") else RuntimeError
+                raise cls(f"rank {rank} stopped on its data, so every rank stops: {msg}")
+    if error is not None:
+        raise error
+
+
+def _next_batch(cursor: _DataCursor, world: int, device: torch.device):
+    try:
+        batch, error = cursor.next(), None
+    except Exception as e:  # a bad file (on_bad_audio="error"), the skip share limit, empty data
+        batch, error = None, e
+    _all_ranks_ok(error, world, device)
+    return batch
+
+
+def _skipped_count(data, world: int, device: torch.device) -> int:
+    bad = getattr(data, "bad_audio", None)
+    n = torch.tensor([float(len(bad)) if bad is not None else 0.0], device=device)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(n)
+    return int(n.item())
+
+
 # ----------------------------------------------------------------------------- optimiser state
 
 
@@ -376,16 +437,22 @@ def validate(method: nn.Module, data: Iterable, device: torch.device | str = "cp
     fn = getattr(method, "validate", None) or method.step
     sums: dict[str, float] = {}
     n = 0
+    error = None
     with torch.no_grad():
-        for batch in data:
-            out = fn(_to(batch, device))
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + _scalar(v)
-            n += 1
+        try:
+            for batch in data:
+                out = fn(_to(batch, device))
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + _scalar(v)
+                n += 1
+        except Exception as e:  # e.g. a bad file in the validation split: every rank must stop
+            error = e
     method.train(was_training)
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    _all_ranks_ok(error, dist.get_world_size() if distributed else 1, device)
+    if distributed:
         # lhotse shards validation cuts across ranks too: average over every rank's batches
         parts = [None] * dist.get_world_size()
         dist.all_gather_object(parts, (sums, n))
@@ -456,6 +523,12 @@ def train(
     else:
         step_fn = method.step
 
+    if ckpt is not None and "cursor" in ts["rng"].get(str(rank), {}):
+        epoch, index = ts["rng"][str(rank)]["cursor"]  # this rank's own position (ranks may skip differently)
+    if hasattr(train_data, "set_bad_audio") and not getattr(train_data, "policy_set", True):
+        train_data.set_bad_audio(cfg.on_bad_audio, cfg.max_bad_share)
+    if getattr(train_data, "bad_audio", None) is not None:
+        train_data.bad_audio.log_to(skipped_path(out_dir, rank))
     cursor = _DataCursor(train_data, cfg.seed, rank, epoch, index)
     logger = _Logger(out_dir, step if ckpt is not None else -1, is_main)
     warmup = cfg.warmup_steps
@@ -472,6 +545,7 @@ def train(
         nonlocal last_saved
         # every rank contributes its RNG state; rank 0 writes
         rng_t, rng_m = _rng_state()
+        rng_m["cursor"] = [cursor.epoch, cursor.index]
         gathered = [(rng_t, rng_m)]
         if world > 1:
             import torch.distributed as dist
@@ -507,7 +581,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             sums: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
-                batch = _to(cursor.next(), device)
+                batch = _to(_next_batch(cursor, world, device), device)
                 sync = micro == cfg.grad_accum - 1 or world == 1
                 ctx = model.no_sync() if not sync else contextlib.nullcontext()
                 with ctx:
@@ -541,6 +615,8 @@ def train(
                 bar.update(1)
                 bar.set_postfix({k: f"{sums[k]:.4f}" for k in progress_keys if k in sums})
             if step % cfg.log_every == 0 or step == cfg.total_steps:
+                if getattr(train_data, "bad_audio", None) is not None:
+                    sums["skipped_audio"] = _skipped_count(train_data, world, device)
                 logger.log(step, "train", sums)
             for cb in callbacks:
                 cb(step, sums)
@@ -554,7 +630,9 @@ def train(
         if bar is not None:
             bar.close()
         logger.close()
-    return TrainResult(step=step, losses=losses, val=val_hist, checkpoint=last_saved, out_dir=out_dir)
+    skipped = _skipped_count(train_data, world, device)
+    return TrainResult(step=step, losses=losses, val=val_hist, checkpoint=last_saved, out_dir=out_dir,
+                       skipped_audio=skipped)
 
 
 def _prune(out_dir: Path, cfg: TrainConfig) -> None:

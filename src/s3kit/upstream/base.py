@@ -47,7 +47,8 @@ class Upstream(nn.Module, abc.ABC):
     """Base class: subclasses implement ``forward(wavs [B, S], lengths [B]) -> Hidden``.
 
     Attributes every upstream sets: ``name``, ``frame_rate`` (Hz), ``num_layers`` (len of
-    ``states``), ``hidden_sizes`` (D of each state).
+    ``states``), ``hidden_sizes`` (D of each state). ``weighted_sum_layers`` says which states a
+    SUPERB weighted sum uses by default (all of them unless an upstream narrows it).
     """
 
     name: str = "upstream"
@@ -57,6 +58,13 @@ class Upstream(nn.Module, abc.ABC):
     @property
     def num_layers(self) -> int:
         return len(self.hidden_sizes)
+
+    @property
+    def weighted_sum_layers(self) -> list[int]:
+        """State indices the probe's learned weighted sum spans unless told otherwise: every
+        state here (s3prl's ``Featurizer`` over all hidden states). An upstream whose paper sums
+        fewer overrides this (M2D-S: the transformer layers, not the patch embedding)."""
+        return list(range(self.num_layers))
 
     @abc.abstractmethod
     def num_frames(self, lengths: Tensor) -> Tensor:

@@ -70,11 +70,18 @@ class HFUpstream(Upstream):
         feature_grad_mult: scale of the gradient that reaches the CNN (fairseq / s3prl
             ``feature_grad_mult``): 1 trains it normally, 0 runs it without autograd (frozen,
             and its backward pass is skipped), values in between scale its gradient.
+        spec_augment: in train mode, apply the model config's own SpecAugment (``mask_time_prob``,
+            ``mask_feature_prob``, when ``apply_spec_augment``) to the projected features. Off by
+            default: a released config carries the fine-tuning recipe's masking (HuBERT /
+            wav2vec 2.0 Base: ``mask_time_prob`` 0.05), which a method that trains the encoder
+            (distillation, pruning fine-tuning) must not apply to its input unasked. Masks passed
+            explicitly to :meth:`forward` (``mask_time_indices``) are applied either way.
     """
 
     def __init__(self, model, name: str = "hf", normalize: bool | None = None, per_utterance_cnn: bool | None = None,
-                 feature_grad_mult: float = 1.0):
+                 feature_grad_mult: float = 1.0, spec_augment: bool = False):
         super().__init__()
+        self.spec_augment = bool(spec_augment)
         if feature_grad_mult < 0:
             raise ValueError(f"feature_grad_mult must be >= 0, got {feature_grad_mult}")
         self.feature_grad_mult = float(feature_grad_mult)
@@ -142,7 +149,14 @@ class HFUpstream(Upstream):
         attn = torch.arange(T, device=wavs.device)[None] < frame_lengths[:, None]  # (B, T) bool
         proj = m.feature_projection(feats)
         hidden = proj[0] if isinstance(proj, tuple) else proj  # wav2vec2/WavLM also return the normed features
-        hidden = m._mask_hidden_states(hidden, mask_time_indices=mask_time_indices)
+        if self.spec_augment and m.training:
+            hidden = m._mask_hidden_states(hidden, mask_time_indices=mask_time_indices)
+        elif mask_time_indices is not None:  # the given frames only, no config-drawn masks
+            if getattr(m, "masked_spec_embed", None) is None:
+                raise ValueError(f"{self.name}: mask_time_indices given, but the model has no mask embedding "
+                                 f"(its config has mask_time_prob = mask_feature_prob = 0)")
+            embed = m.masked_spec_embed.to(hidden.dtype)
+            hidden = torch.where(mask_time_indices.to(torch.bool)[..., None], embed, hidden)
         states = self._encode(hidden, attn, max_layer)
         return Hidden(states=states, lengths=frame_lengths, frame_rate=self.frame_rate)
 
