@@ -15,15 +15,15 @@ def register(sub) -> None:
         description="The main job on the synthetic corpus, on CPU: corpus -> tiny MelHuBERT teacher (shipped; "
         "teacher=train pretrains one) -> students "
         "-> SUPERB-style probes (3 seeds), speed/size, SpEAT bias, isotropy -> rewiring analysis (isotropy, "
-        "low-resource KS) -> DVCC KWS comparison -> findings ledger (each paper's claims: effect, 95 %% interval, "
+        "low-resource KS) -> DVCC KWS comparison -> findings ledger (each paper's claims: effect, 95 % interval, "
         "Holm-adjusted p, computed verdict) -> OUT/report/index.html. Finished stages are "
         "reused on the next run; extra settings as key=value (e.g. probe_seeds=5 keywords_per_class=[80,40,40]).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default=d.out, help="run directory")
     p.add_argument("--preset", choices=sorted(PRESETS), default="full",
-                   help="full: corpus and probes sized for evidence (docs/data.md); smoke: every stage in seconds, "
-                        "numbers meaningless (tests)")
+                   help="full: corpus and probes sized for evidence (docs/data.md); smoke: every stage on a few dozen clips "
+                        "(numbers meaningless; for tests)")
     p.add_argument("--minutes", type=float, default=None,
                    help=f"audio budget of what has no explicit size (noise clips; default {d.minutes}); the sizes are "
                         "keywords_per_class, commands_per_intent, sentences, speat_* (key=value)")
