@@ -38,7 +38,7 @@ from s3kit.config import to_dict
 @dataclass(frozen=True)
 class DemoConfig:
     """The demo's settings; defaults are the ``full`` preset (sized for evidence, docs/data.md),
-    :data:`PRESETS` has the ``smoke`` one (seconds, for the test suite)."""
+    :data:`PRESETS` has the ``smoke`` one (a few dozen clips, for the test suite)."""
 
     out: str = "runs/demo"
     preset: str = "full"  # recorded only: demo_config(preset) applies PRESETS[preset]
