@@ -129,3 +129,77 @@ def test_rewiring_stage_writes_a_report_section(tmp_path):
     (tmp_path / "models" / "teacher" / "card.json").write_text(json.dumps({"name": "teacher"}))
     text = build_report(tmp_path).read_text()
     assert "Low-resource KS" in text and text.count("section0_tsne_") == 2
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The whole demo at the smoke preset (every stage, a few dozen clips, a handful of updates)."""
+    from s3kit.demo import demo, demo_config
+
+    out = tmp_path_factory.mktemp("smoke")
+    log = []
+    page = demo(demo_config("smoke", out=str(out), device="cpu"), log=log.append)
+    return out, page, log
+
+
+@pytest.mark.slow
+def test_smoke_demo_writes_a_ledger_whose_verdicts_follow_the_rule(smoke_run):
+    import json
+
+    from s3kit.eval import findings as fd
+    from s3kit.eval.stats import holm
+
+    out, page, _ = smoke_run
+    rows = json.loads((out / "report" / "findings.json").read_text())
+    papers = {r["paper"] for r in rows}
+    assert {"DistilHuBERT", "DVCC (on-device KWS)", "M2D-S", "Rewiring", "Social bias (SpEAT)",
+            "Pretraining (MelHuBERT teacher)"} <= papers
+    claims = " | ".join(r["claim"] for r in rows)
+    for needle in ("random initialisation on KS", "random initialisation on PR", "keeps most", "faster on CPU",
+                   "below the no-KD baseline's (clean)", "(0 dB)", "teacher-codebook", "M2D-S (Table 5 e)",
+                   "raises isotropy", "low-resource KS", "full-data KS", "gender association", "pruning changes",
+                   "distillation changes", "planted association", "no association"):
+        assert needle in claims, needle
+    for r in rows:
+        assert set(fd.KEYS) <= set(r), r
+        assert r["verdict"] == fd.verdict(r["ci_low"], r["ci_high"], r["p_adjusted"], r["direction"], r["null"])
+        if r["effect"] is not None:
+            assert r["ci_low"] <= r["ci_high"] and r["n"] > 0
+    tested = [r for r in rows if r["p"] is not None]
+    assert [r["p_adjusted"] for r in tested] == pytest.approx(holm([r["p"] for r in tested]))
+    # the ledger is the report's first section
+    md = (out / "report" / "index.md").read_text()
+    assert md.index("What the papers claim and what this run shows") < md.index("Speed and size")
+    assert "Findings ledger" in page.read_text()
+
+
+@pytest.mark.slow
+def test_smoke_demo_cards_carry_intervals_seeds_and_predictions(smoke_run):
+    import json
+
+    from s3kit.demo import read_predictions
+
+    out, _, _ = smoke_run
+    card = json.loads((out / "models" / "teacher" / "card.json").read_text())
+    for task in ("ks", "ic", "sid", "pr"):
+        p = card["probe"][task]
+        assert p["n"] > 0 and p["ci_low"] <= p["score"] <= p["ci_high"]
+        assert len(p["per_seed"]) == p["seeds"] == 2
+        assert p["score"] == pytest.approx(sum(s["score"] for s in p["per_seed"]) / 2)
+        lines = read_predictions(out / "models" / "teacher" / "predictions" / f"{task}.jsonl.gz")
+        assert sorted({x["seed"] for x in lines}) == [0, 1] and len(lines) == 2 * p["n"]
+    assert {json.loads(p.read_text())["name"] for p in (out / "models").glob("*/card.json")} >= {
+        "teacher", "teacher-init", "mfcc", "distilhubert", "dvcc", "pruned", "rewired", "m2ds", "m2d"}
+
+
+@pytest.mark.slow
+def test_smoke_demo_rerun_reuses_every_stage(smoke_run):
+    from s3kit.demo import demo, demo_config
+
+    out, _, first = smoke_run
+    stages = [line.split("]")[0][1:] for line in first if line.endswith("running")]
+    assert {"corpus", "probe", "bias", "rewiring", "kws", "findings"} <= set(stages)
+    log = []
+    demo(demo_config("smoke", out=str(out), device="cpu"), log=log.append)
+    assert not [line for line in log if line.endswith("running")]
+    assert sum("reusing" in line for line in log) == len(stages)

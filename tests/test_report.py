@@ -156,9 +156,16 @@ def test_demo_probe_stage_cards_carry_intervals_and_predictions_for_the_report(t
     for name in models:
         card = json.loads((tmp_path / "models" / name / "card.json").read_text())["probe"]["ks"]
         items = read_predictions(tmp_path / "models" / name / "predictions" / "ks.jsonl.gz")
-        k = sum(i["correct"] for i in items)
-        assert card["n"] == len(items) == 16 and card["score"] == pytest.approx(k / 16)
-        assert (card["ci_low"], card["ci_high"]) == pytest.approx(wilson_ci(k, 16))
+        seeds = sorted({i["seed"] for i in items})
+        assert len(seeds) == cfg.probe_seeds and len(items) == 16 * len(seeds)
+        k = {s: sum(i["correct"] for i in items if i["seed"] == s) for s in seeds}
+        # the card: the mean over seeds, n test items, an item-bootstrap interval around it;
+        # each seed's own score with its Wilson interval
+        assert card["n"] == 16 and card["score"] == pytest.approx(sum(k.values()) / (16 * len(seeds)))
+        assert card["ci_low"] <= card["score"] <= card["ci_high"]
+        for entry in card["per_seed"]:
+            assert entry["score"] == pytest.approx(k[entry["seed"]] / 16)
+            assert (entry["ci_low"], entry["ci_high"]) == pytest.approx(wilson_ci(k[entry["seed"]], 16))
     md = (build_report(tmp_path).parent / "index.md").read_text()
     assert "## Probing: each model against teacher" in md and "| student | " in md and "Holm p=" in md
 

@@ -329,3 +329,43 @@ def test_espeak_cli_fallback_matches_library(monkeypatch):
     speech_cli, speech_lib = synth.trim_silence(cli_wav), synth.trim_silence(lib_wav)  # the CLI pads more silence
     assert cli_wav.dtype == np.float32 and abs(speech_cli.size - speech_lib.size) < 0.15 * speech_lib.size
     assert not np.array_equal(flat[: cli_wav.size], cli_wav[: flat.size])  # SSML range 0 changes the audio
+
+
+def test_explicit_sizes_per_split_and_controls_plan():
+    """Explicit per-split sizes give exactly those counts, every class in every split, speakers
+    disjoint; neutral renderings only for the chosen splits; the SpEAT controls' planted set
+    shares the pitch shift between X and A (and Y and B), the balanced set's X and Y use the same
+    voices and the same text distribution."""
+    voices = tts.make_voices(0)
+    cfg = SynthConfig(minutes=1.0, test_speakers=12, dev_speakers=5, keywords_per_class=(3, 2, 4),
+                      commands_per_intent=(2, 1, 1), sentences=(5, 3, 7), speat_targets=30, speat_attributes=40,
+                      neutral_splits=("train",), speat_controls=12)
+    jobs, meta = synth.plan(Path("/nonexistent"), cfg, voices)
+    labels = list(meta.values())
+    split_of = synth.assign_splits(voices, cfg)
+    assert Counter(split_of.values()) == {"train": 12, "test": 12, "dev": 5}
+    for split, per_class in zip(synth.SPLITS, (3, 2, 4)):
+        kw = Counter(m["keyword"] for m in labels if m["subset"] == "keywords" and m["split"] == split)
+        assert kw == {c: per_class for c in synth.KEYWORD_CLASSES}, (split, kw)
+        spk = {m["speaker"] for m in labels if m["subset"] == "keywords" and m["split"] == split and m["speaker"]}
+        assert all(split_of[s] == split for s in spk)
+    for split, per_intent in zip(synth.SPLITS, (2, 1, 1)):
+        ic = Counter(tuple(m["intent"].values()) for m in labels if m["subset"] == "commands" and m["split"] == split)
+        assert len(ic) == 31 and set(ic.values()) == {per_intent}
+    sent = Counter(m["split"] for m in labels if m["subset"] == "sentences")
+    assert sent == {"train": 5, "dev": 3, "test": 7}
+    assert Counter(m["split"] for m in labels if m["subset"] == "sentences_neutral") == {"train": 5}
+    speat = Counter((m["concept"], m["group"]) for m in labels if m["subset"] == "speat")
+    assert speat[("valence", "pleasant")] == speat[("valence", "unpleasant")] == 40
+    assert speat[("gender", "female")] == speat[("accent", "foreign")] == 30
+    ctl = [j for j in jobs if j["subset"] == "speat_controls"]
+    assert len(ctl) == 2 * 4 * 12
+    by = {(meta[("speat_controls", j["id"])]["concept"], meta[("speat_controls", j["id"])]["group"], j["id"][-3:]): j
+          for j in ctl}
+    for k in (f"{i:03d}" for i in range(12)):
+        x, y, a, b = (by[("planted", g, k)]["voice"] for g in "xyab")
+        assert x.pitch == a.pitch > y.pitch == b.pitch and x.name == y.name
+        bx, by_ = by[("balanced", "x", k)], by[("balanced", "y", k)]
+        assert bx["voice"] == by_["voice"]
+    texts = lambda g: Counter(by[("balanced", g, f"{i:03d}")]["text"] for i in range(12))  # noqa: E731
+    assert texts("x") == texts("y")  # exchangeable: the same texts, in the same voices

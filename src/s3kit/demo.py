@@ -8,12 +8,18 @@ the next run with the same settings; training stages also resume from their last
                  ``teacher=train``, pretrain one: MFCC k-means targets), plus the same
                  architecture at random initialisation as a control;
 3. students      DistilHuBERT, DVCC (on-device KWS student), head+row pruning, Neutral
-                 rewiring and M2D-S, each from the teacher (a stage reruns when its code changes);
-4. ``probe``     SUPERB-style probes (KS, IC, SID, PR) of every model, plus speed and size;
+                 rewiring, M2D-S and plain M2D (its control), each from the teacher (a stage
+                 reruns when its code changes);
+4. ``probe``     SUPERB-style probes (KS, IC, SID, PR) of every model with ``probe_seeds`` seeds,
+                 plus speed and size; per-item results in ``models/NAME/predictions/<task>.jsonl.gz``;
 5. ``bias``      SpEAT d with p-values per model and per layer, isotropy, t-SNE;
 6. ``rewiring``  teacher vs rewired: isotropy, t-SNE and low-resource KS with updates-to-best;
-7. ``report``    ``RUN/report/index.html`` + ``index.md``: a card per model, tables, plots, and
-                 the extra sections of ``RUN/sections/*.json``.
+7. ``kws``       the DVCC comparison: no-KD baseline, DVCC, teacher vs scratch codebook, fine-tuned
+                 and scored on clean and noisy keyword clips;
+8. ``findings``  the ledger (``report/findings.json``): each seed paper's claims with the effect
+                 measured here, its interval, Holm-adjusted p and a computed verdict;
+9. ``report``    ``RUN/report/index.html`` + ``index.md``: the ledger first, a card per model,
+                 tables, plots, and the extra sections of ``RUN/sections/*.json``.
 """
 
 from __future__ import annotations
@@ -31,19 +37,36 @@ from s3kit.config import to_dict
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """The demo's settings; defaults are the ``full`` preset (sized for evidence, docs/data.md),
+    :data:`PRESETS` has the ``smoke`` one (a few dozen clips, for the test suite)."""
+
     out: str = "runs/demo"
-    minutes: float = 12.0  # synthetic corpus size (all subsets)
+    preset: str = "full"  # recorded only: demo_config(preset) applies PRESETS[preset]
+    minutes: float = 12.0  # audio budget of what has no explicit size below (noise clips)
     seed: int = 0
+    # corpus sizes per split (train, dev, test): docs/data.md gives the interval width each buys
+    keywords_per_class: tuple[int, int, int] = (60, 40, 40)  # 12 KS classes
+    commands_per_intent: tuple[int, int, int] = (20, 8, 8)  # 31 intents
+    sentences: tuple[int, int, int] = (600, 300, 300)  # PR, distillation, rewiring (neutral: train only)
+    test_speakers: int = 12
+    dev_speakers: int = 5
+    sid_clips: int = 10  # SID: dev and test clips per (training) speaker
+    speat_targets: int = 48  # stimuli per SpEAT target group
+    speat_attributes: int = 50  # stimuli per attribute group (the 25 WEAT words, twice, in other voices)
+    speat_controls: int = 30  # stimuli per group of the planted / balanced SpEAT controls
     teacher: str = "shipped"  # "shipped": s3kit/assets/demo_teacher; "train": pretrain it here
     teacher_steps: int = 1500  # tiny MelHuBERT masked-prediction updates (with teacher=train)
     distil_steps: int = 300
     tasks: list[str] = field(default_factory=lambda: ["ks", "ic", "sid", "pr"])
+    probe_seeds: int = 3  # each probe trained with seeds seed .. seed + probe_seeds - 1
     probe_updates: int = 300  # per probe (SUPERB's 200k is for real corpora)
-    pr_minutes: float = 40.0  # the sentence-heavy PR corpus (80 % sentences); 0: PR on the main corpus
-    pr_updates: int = 150  # PR probe updates, on the sentence-heavy PR corpus (docs/pretrain.md)
+    pr_minutes: float = 0.0  # > 0: PR on a second, sentence-heavy corpus of this size instead of `sentences`
+    pr_updates: int = 150  # PR probe updates (docs/pretrain.md)
     probe_lr: float = 1e-3  # KS / IC / SID: SUPERB's 1e-4 is for 200k updates and under-trains in 300 (PR keeps 1e-2)
+    kws_steps: int = 300  # KWS fine-tuning updates per row of the DVCC comparison
     bias_tests: str = "gender,native"
     permutations: int = 100_000
+    bootstrap: int = 2000  # resamples behind every interval of the findings ledger
     threads: int = 1  # torch intra-op threads: the demo's models are tiny, one thread is fastest
     workers: int = 2  # processes for corpus synthesis
     device: str = "auto"
@@ -52,6 +75,28 @@ class DemoConfig:
     def __post_init__(self):
         if self.teacher not in ("shipped", "train"):
             raise ValueError(f"teacher={self.teacher!r}: 'shipped' or 'train'")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset={self.preset!r}: choose one of {sorted(PRESETS)}")
+        if self.probe_seeds < 1:
+            raise ValueError(f"probe_seeds={self.probe_seeds}: need at least 1")
+
+
+# The smoke preset: every stage on a corpus of a few dozen clips with a handful of updates, so the
+# test suite runs the whole demo (its numbers mean nothing; the ledger's verdicts are inconclusive).
+PRESETS: dict[str, dict] = {
+    "full": {},
+    "smoke": dict(minutes=0.5, keywords_per_class=(6, 1, 2), commands_per_intent=(1, 1, 1), sentences=(12, 4, 4),
+                  test_speakers=5, dev_speakers=4, sid_clips=1, speat_targets=4, speat_attributes=4, speat_controls=4,
+                  distil_steps=2, probe_seeds=2, probe_updates=4, pr_updates=2, kws_steps=2, permutations=100,
+                  bootstrap=100, workers=1),
+}
+
+
+def demo_config(preset: str = "full", **changes) -> DemoConfig:
+    """A :class:`DemoConfig` with a preset's values, then ``changes``."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r}: choose one of {sorted(PRESETS)}")
+    return DemoConfig(**{**PRESETS[preset], "preset": preset, **changes})
 
 
 class Stage:
@@ -115,13 +160,21 @@ def _wants_pr_corpus(cfg: DemoConfig) -> bool:
     return "pr" in cfg.tasks and cfg.pr_minutes > 0 and cfg.stop_after not in ("corpus", "teacher")
 
 
+def _corpus_options(cfg: DemoConfig) -> dict:
+    return dict(keywords_per_class=tuple(cfg.keywords_per_class), commands_per_intent=tuple(cfg.commands_per_intent),
+                sentences=tuple(cfg.sentences), test_speakers=cfg.test_speakers, dev_speakers=cfg.dev_speakers,
+                speat_targets=cfg.speat_targets, speat_attributes=cfg.speat_attributes,
+                speat_controls=cfg.speat_controls, neutral_splits=("train",))
+
+
 def stage_corpus(run: Path, cfg: DemoConfig) -> dict:
     from s3kit.data.synth import synthesize_corpus
 
-    paths = synthesize_corpus(run / "data", minutes=cfg.minutes, seed=cfg.seed, num_workers=cfg.workers)
+    paths = synthesize_corpus(run / "data", minutes=cfg.minutes, seed=cfg.seed, num_workers=cfg.workers,
+                              **_corpus_options(cfg))
     if _wants_pr_corpus(cfg):
         pr = synthesize_corpus(run / "data_pr", minutes=cfg.pr_minutes, seed=cfg.seed, num_workers=cfg.workers,
-                               **PR_CORPUS)
+                               test_speakers=cfg.test_speakers, dev_speakers=cfg.dev_speakers, **PR_CORPUS)
         paths.update({f"pr_{s}": pr[f"sentences_{s}"] for s in ("train", "dev", "test")})
     else:  # PR (if probed) on the main corpus's sentences
         paths.update({f"pr_{s}": paths[f"sentences_{s}"] for s in ("train", "dev", "test")})
@@ -200,10 +253,62 @@ def _write_card(run: Path, name: str, card: dict) -> None:
     path.write_text(json.dumps(old, indent=2))
 
 
+def _probe_config(run: Path, cfg: DemoConfig, task: str, seed: int, **changes):
+    from s3kit.eval.probe import ProbeConfig
+
+    updates = cfg.pr_updates if task == "pr" else cfg.probe_updates
+    return ProbeConfig(max_updates=updates, eval_every=max(25, updates // 6) if updates >= 25 else updates, seed=seed,
+                       lr=None if task == "pr" else cfg.probe_lr, cache_dir=str(run / "cache" / "features"),
+                       device=cfg.device, progress=False, **changes)
+
+
+def write_predictions(path: Path, lines: list[dict]) -> Path:
+    """Per-item results (one JSON line each, with ``seed``) gzipped, atomically."""
+    import gzip
+
+    from s3kit.checkpoint import write_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, gzip.compress(("\n".join(json.dumps(x) for x in lines) + "\n").encode(), mtime=0))
+    return path
+
+
+def read_predictions(path: Path) -> list[dict]:
+    import gzip
+
+    return [json.loads(line) for line in gzip.decompress(Path(path).read_bytes()).decode().splitlines() if line]
+
+
+def summarise_seeds(results: list, lines: list[dict], seed: int = 0) -> dict:
+    """A card's probe entry from the ProbeResults of several seeds on one test set: ``score`` =
+    the mean over seeds, ``n`` test items, ``ci_low`` / ``ci_high`` = the utterance bootstrap of
+    the seed-mean score (test-set sampling), ``seed_ci_low`` / ``seed_ci_high`` = the t interval
+    over seeds (probe training), and ``per_seed``."""
+    from s3kit.eval import stats
+    from s3kit.eval.findings import item_values
+
+    _, values, weights = item_values(lines)
+    items = stats.bootstrap_rate(values, weights, seed=seed)
+    over = stats.seed_summary([r.test for r in results])
+    first = results[0]
+    return {"metric": first.metric, "score": over.mean, "n": items.n, "ci_low": items.ci_low, "ci_high": items.ci_high,
+            "seeds": len(results), "seed_sd": over.sd, "seed_ci_low": over.ci_low, "seed_ci_high": over.ci_high,
+            "dev": float(sum(r.dev for r in results) / len(results)),
+            "updates_to_best": float(sum(r.updates_to_best for r in results) / len(results)),
+            "layer_weights": [float(sum(w) / len(results)) for w in zip(*(r.layer_weights for r in results))],
+            "per_seed": [{"seed": r.seed, "score": r.test, "n": r.n, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                          "dev": r.dev, "updates_to_best": r.updates_to_best} for r in results]}
+
+
+def probe_seeds(cfg: DemoConfig) -> list[int]:
+    return [cfg.seed + k for k in range(cfg.probe_seeds)]
+
+
 def stage_probe(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) -> dict:
-    """Speed/size and SUPERB-style probes of every model; fills the model cards."""
+    """Speed/size and SUPERB-style probes (``probe_seeds`` seeds) of every model; fills the model
+    cards and writes ``models/NAME/predictions/<task>.jsonl.gz`` (every seed's per-item results)."""
     from s3kit.eval.efficiency import measure
-    from s3kit.eval.probe import ProbeConfig, run_probe, write_predictions
+    from s3kit.eval.probe import run_probe
     from s3kit.upstream import load_upstream
 
     subsets = {"ks": "keywords", "ic": "commands", "sid": "keywords", "pr": "pr"}
@@ -216,42 +321,38 @@ def stage_probe(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict])
             sub = subsets[task]
             train, dev, test = (data[f"{sub}_{s}"] for s in ("train", "dev", "test"))
             if task == "sid":  # speaker identity needs the same speakers in train and test
-                train, dev, test = _sid_splits(run, data)
-            updates = cfg.pr_updates if task == "pr" else cfg.probe_updates
-            pc = ProbeConfig(max_updates=updates, eval_every=max(25, updates // 6), seed=cfg.seed,
-                             lr=None if task == "pr" else cfg.probe_lr,
-                             cache_dir=str(run / "cache" / "features"), device=cfg.device, progress=False)
-            r = run_probe(up, task, train, dev, test, pc)
-            write_predictions(r.predictions, run / "models" / name / "predictions" / f"{task}.jsonl.gz")  # paired tests
-            card["probe"][task] = {"metric": r.metric, "score": r.test, "n": r.n, "ci_low": r.ci_low, "ci_high": r.ci_high,
-                                   "dev": r.dev, "updates_to_best": r.updates_to_best, "layer_weights": r.layer_weights}
+                train, dev, test = _sid_splits(run, data, cfg.sid_clips)
+            runs = [run_probe(up, task, train, dev, test, _probe_config(run, cfg, task, seed)) for seed in probe_seeds(cfg)]
+            lines = [{"seed": r.seed, **item} for r in runs for item in r.predictions]
+            write_predictions(run / "models" / name / "predictions" / f"{task}.jsonl.gz", lines)
+            card["probe"][task] = summarise_seeds(runs, lines, cfg.seed)
         _write_card(run, name, card)
-        results[name] = card["probe"]
+        results[name] = {t: {k: v for k, v in p.items() if k != "layer_weights"} for t, p in card["probe"].items()}
     return results
 
 
-def _sid_splits(run: Path, data: dict) -> tuple[str, str, str]:
+def _sid_splits(run: Path, data: dict, clips: int = 1) -> tuple[str, str, str]:
     """Speaker ID over the keyword clips of the *train* speakers, split by take (SUPERB SID
-    splits VoxCeleb1 utterances of the same 1 251 speakers)."""
+    splits VoxCeleb1 utterances of the same 1 251 speakers): per speaker the last ``clips``
+    clips are test, the ``clips`` before them dev, the rest train (speakers with too few skipped)."""
     from s3kit.data.manifest import load_cuts, save_cuts
 
-    out = run / "data" / "sid"
-    paths = tuple(out / f"sid_{s}.jsonl.gz" for s in ("train", "dev", "test"))
-    if all(p.exists() for p in paths):
-        return tuple(str(p) for p in paths)
     from lhotse import CutSet
+
+    out = run / "data" / "sid"  # remade every time (seconds): follows the corpus it is cut from
+    paths = tuple(out / f"sid_{s}.jsonl.gz" for s in ("train", "dev", "test"))
 
     by_speaker: dict[str, list] = {}
     for c in sorted(load_cuts(data["keywords_train"]), key=lambda c: c.id):
         if c.supervisions and c.supervisions[0].speaker:  # silence / noise clips have no speaker
             by_speaker.setdefault(c.supervisions[0].speaker, []).append(c)
     parts = {"train": [], "dev": [], "test": []}
-    for clips in by_speaker.values():  # per speaker: last clip -> test, one before -> dev, rest -> train
-        if len(clips) < 3:
+    for speaker_clips in by_speaker.values():
+        if len(speaker_clips) < 2 * clips + 1:
             continue
-        parts["test"].append(clips[-1])
-        parts["dev"].append(clips[-2])
-        parts["train"] += clips[:-2]
+        parts["test"] += speaker_clips[-clips:]
+        parts["dev"] += speaker_clips[-2 * clips:-clips]
+        parts["train"] += speaker_clips[:-2 * clips]
 
     for (split, items), p in zip(parts.items(), paths):
         save_cuts(CutSet.from_cuts(items), p)
@@ -259,38 +360,53 @@ def _sid_splits(run: Path, data: dict) -> tuple[str, str, str]:
 
 
 # Training fractions of the low-resource table. The paper's 1 %, 5 %, 10 % of SUPERB KS are
-# 500-5 000 clips; of the demo's ~150 training clips they would be 2-15, so the demo scales them up.
+# 500-5 000 clips; of the demo's 720 training clips 1 % would be 7, so the demo scales them up.
 DEMO_FRACTIONS = (0.1, 0.25, 1.0)
 
 
 def stage_rewiring(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) -> dict:
     """The rewiring paper's §3.3 analyses, teacher vs rewired: isotropy and t-SNE of the keyword
     test clips, and KS probes on fractions of the training set with updates-to-best (its Table 2),
-    written as a report section (RUN/sections/rewiring.json)."""
-    from s3kit.eval.probe import ProbeConfig
+    written as a report section (RUN/sections/rewiring.json); per-item results of every probe in
+    ``rewiring/predictions/<model>_<fraction>.jsonl.gz``."""
+    from s3kit.eval.probe import run_probe
     from s3kit.methods.rewire import analyse, summarise_low_resource
+    from s3kit.upstream import load_upstream
 
     out = run / "rewiring"
-    pc = ProbeConfig(max_updates=cfg.probe_updates, eval_every=max(25, cfg.probe_updates // 6), seed=cfg.seed,
-                     lr=cfg.probe_lr, cache_dir=str(run / "cache" / "features"), device=cfg.device, progress=False)
-    rep = analyse({"teacher": models["teacher"]["upstream"], "rewired": models["rewired"]["upstream"]}, out,
-                  geometry_cuts=data["keywords_test"], label="keyword", task="ks", train=data["keywords_train"],
-                  dev=data["keywords_dev"], test=data["keywords_test"], fractions=DEMO_FRACTIONS, probe_cfg=pc,
-                  seeds=(cfg.seed, cfg.seed + 1), progress=False)
+    names = ("teacher", "rewired")
+    rep = analyse({n: models[n]["upstream"] for n in names}, out, geometry_cuts=data["keywords_test"], label="keyword",
+                  progress=False)
+    rows = []
+    for fraction in DEMO_FRACTIONS:
+        for name in names:
+            up = load_upstream(models[name]["upstream"])
+            up.name = name
+            runs = [run_probe(up, "ks", data["keywords_train"], data["keywords_dev"], data["keywords_test"],
+                              _probe_config(run, cfg, "ks", seed, fraction=fraction)) for seed in probe_seeds(cfg)]
+            write_predictions(out / "predictions" / f"{name}_{fraction:g}.jsonl.gz",
+                              [{"seed": r.seed, **item} for r in runs for item in r.predictions])
+            rows += [{"fraction": fraction, "model": name, "seed": r.seed, "task": "ks", "metric": r.metric,
+                      "higher_is_better": r.higher_is_better, "test": r.test, "dev": r.dev,
+                      "updates_to_best": r.updates_to_best, "updates": r.updates, "num_train": r.num_train}
+                     for r in runs]
+    (out / "table2.json").write_text(json.dumps(rows, indent=2))
     geo = rep["geometry"]
-    rows = [[f"{r['fraction']:.0%}", r["model"], str(r["num_train"]), f"{r['test']:.3f}", f"{r['updates_to_best']:.0f}"]
-            for r in summarise_low_resource(rep["table2"])]
+    table = [[f"{r['fraction']:.0%}", r["model"], str(r["num_train"]), f"{r['test']:.3f}", f"{r['updates_to_best']:.0f}"]
+             for r in summarise_low_resource(rows)]
+    seeds = probe_seeds(cfg)
     section = {
         "title": "Rewiring: isotropy and low-resource keyword spotting (teacher vs rewired)",
         "text": "Isotropy (log10 IS, Mu & Viswanath; higher is more isotropic) and mean pairwise cosine of "
                 "utterance embeddings (all layers averaged, then frames) of the keyword test clips. The KS "
                 f"probe is trained on a stratified fraction of the training clips; scores and updates-to-best "
-                f"are means over seeds {cfg.seed} and {cfg.seed + 1}.",
+                f"are means over seeds {', '.join(map(str, seeds))}. Intervals and paired tests of these "
+                f"comparisons are in the findings ledger.",
         "tables": [
             {"title": "Geometry of the keyword test clips", "header": ["model", "log10 isotropy", "mean cosine"],
              "rows": [[n, f"{g['log10_isotropy']:.2f}", f"{g['mean_cosine']:.3f}"] for n, g in geo.items()]},
             {"title": "Low-resource KS (the paper's Table 2)",
-             "header": ["train fraction", "model", "clips", "KS accuracy", "updates to best"], "rows": rows},
+             "header": ["train fraction", "model", "clips", "KS accuracy", "updates to best"], "rows": table},
         ],
         # paths relative to the run directory, so the report still finds them after the run moves
         "plots": [{"caption": f"t-SNE of keyword test clips: {n}", "file": f"rewiring/{g['tsne']}"} for n, g in geo.items()],
@@ -298,11 +414,11 @@ def stage_rewiring(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dic
     (run / "sections").mkdir(parents=True, exist_ok=True)
     (run / "sections" / "rewiring.json").write_text(json.dumps(section, indent=2))
     return {"geometry": {n: {k: g[k] for k in ("log10_isotropy", "mean_cosine")} for n, g in geo.items()},
-            "table2": rows}
+            "table2": table}
 
 
 def _code_key(fn: Callable) -> str:
-    """A short hash of a stage function's own source: a finished stage reruns when that function
+    """A short hash of a stage function's (or module's) own source: a finished stage reruns when that function
     changes (edits to the modules it calls are not tracked; delete RUN/stages/<name>.json then)."""
     import hashlib
     import inspect
@@ -343,6 +459,316 @@ def stage_bias(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) 
     return out
 
 
+SHIPPED_W2V2_TEACHER = Path(__file__).resolve().parent / "assets" / "demo_w2v2_teacher"
+# The DVCC comparison (the KWS paper's Table 1 on the demo corpus): name -> how the student is made
+KWS_ROWS = {
+    "baseline": "no-KD baseline (random init, fine-tuned)",
+    "dvcc": "DVCC w/o T-codebook (the dvcc student: MelHuBERT teacher)",
+    "tcode": "w/ T-codebook (wav2vec 2.0 demo teacher's codebook)",
+    "scratch": "codebook from scratch (wav2vec 2.0 demo teacher)",
+}
+KWS_CONDITIONS = {"clean": "keywords_test", "10 dB": "keywords_test_snr10", "0 dB": "keywords_test_snr0"}
+
+
+def stage_kws(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) -> dict:
+    """The on-device KWS comparison: the small student (1.6 M) from no-KD random init, from the
+    dvcc stage, and distilled with the wav2vec 2.0 demo teacher's codebook or a codebook learned
+    from scratch (eq. 8 alone); each fine-tuned ``kws_steps`` updates on the keyword training
+    clips, then scored on the clean and the 10 / 0 dB test clips. Posteriors are saved to
+    ``kws/scores/<row>_<condition>.npz`` for the ledger's paired bootstrap of FAR."""
+    import numpy as np
+
+    from s3kit.config import build
+    from s3kit.data.manifest import load_cuts
+    from s3kit.eval import kws
+    from s3kit.methods.dvcc import DVCCConfig, distill_dvcc
+    from s3kit.train import TrainConfig
+
+    out = run / "kws"
+    steps = max(1, cfg.distil_steps)
+
+    def distilled(name: str, teacher, **kw) -> str:
+        d = build(DVCCConfig, {
+            "student": "small", "batch_size": 32, "max_duration": 32.0, "stats_cuts": 500, **kw,
+            "train": {"out_dir": str(out / name / "distill"), "total_steps": steps, "lr": 2e-4, "log_every": 25,
+                      "val_every": max(50, steps // 3), "save_every": max(50, steps // 3), "seed": cfg.seed,
+                      "device": cfg.device}})
+        return str(distill_dvcc(teacher, data["keywords_train"], d, val_manifest=data["keywords_dev"],
+                                cache_dir=out / "w2v2_cache").checkpoint)
+
+    students = {"baseline": distilled("baseline", None, loss="none", codebook="none"),
+                "dvcc": models["dvcc"]["upstream"],
+                "tcode": distilled("tcode", str(SHIPPED_W2V2_TEACHER), loss="none", codebook="teacher"),
+                "scratch": distilled("scratch", str(SHIPPED_W2V2_TEACHER), loss="none", codebook="scratch")}
+    tests = {cond: load_cuts(data[m]) for cond, m in KWS_CONDITIONS.items() if m in data}
+    result = {}
+    for name, student in students.items():
+        ft = kws.FinetuneConfig(batch_size=64, max_duration=64.0, train=TrainConfig(
+            out_dir=str(out / name / "finetune"), total_steps=cfg.kws_steps, lr=1e-3, warmup=0.07, log_every=25,
+            val_every=max(50, cfg.kws_steps // 3), save_every=max(50, cfg.kws_steps // 3), seed=cfg.seed,
+            device=cfg.device))
+        ckpt = kws.finetune(student, data["keywords_train"], ft, val_manifest=data["keywords_dev"]).checkpoint
+        clf, classes = kws.load_classifier(ckpt)
+        result[name] = {"checkpoint": str(ckpt), "classes": classes, "accuracy": {}}
+        for cond, cuts in tests.items():
+            probs, labels = kws.score(clf, cuts, classes)
+            path = out / "scores" / f"{name}_{cond.replace(' ', '')}.npz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, probs=probs, labels=labels, ids=np.array([c.id for c in cuts]))
+            result[name]["accuracy"][cond] = float((probs.argmax(1) == labels).mean())
+    return result
+
+
+def _embeddings(run: Path, name: str, upstream: str, cuts_path: str, tag: str):
+    """Layer-mean utterance embeddings ``[N, D]`` of a manifest, cached in ``findings/emb``."""
+    import numpy as np
+
+    from s3kit.eval.embed import utterance_embeddings
+    from s3kit.upstream import load_upstream
+
+    path = run / "findings" / "emb" / f"{name}_{tag}.npy"
+    if path.exists():
+        return np.load(path)
+    emb = utterance_embeddings(load_upstream(upstream), cuts_path, progress=False).mean(1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, emb)
+    return emb
+
+
+def _balanced(cuts):
+    from s3kit.data.manifest import get_label
+
+    return [c for c in cuts if get_label(c, "concept") == "balanced"]
+
+
+def _noise_planted(run: Path, models: dict[str, dict], data: dict):
+    """Teacher embeddings ``[N, D]`` of the balanced control stimuli with a planted association:
+    X and A mixed with one pink-noise clip of the test split at 10 dB, Y and B clean (cached)."""
+    import numpy as np
+    from lhotse import CutSet
+
+    from s3kit.data.manifest import get_label, load_cuts
+    from s3kit.eval.embed import utterance_embeddings
+    from s3kit.upstream import load_upstream
+
+    path = run / "findings" / "emb" / "teacher_noise_planted.npy"
+    if path.exists():
+        return np.load(path)
+    noise = next(c for c in load_cuts(data["noise"])
+                 if get_label(c, "noise_type") == "pink" and get_label(c, "split") == "test")
+    cuts = []
+    for c in _balanced(load_cuts(data["speat_controls"])):
+        if get_label(c, "group") in ("x", "a"):
+            span = min(c.duration, noise.duration)
+            c = c.mix(noise.truncate(duration=span, preserve_id=True), snr=10).with_id(f"{c.id}_noise")
+        cuts.append(c)
+    emb = utterance_embeddings(load_upstream(models["teacher"]["upstream"]), CutSet.from_cuts(cuts), progress=False).mean(1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, emb)
+    return emb
+
+
+def _speedup(models: dict[str, dict], fast: str, slow: str, repeats: int, seed: int):
+    """CPU latency of ``slow`` over ``fast`` on 2 s of audio: ``repeats`` interleaved timings of
+    each, the ratio of mean latencies with a bootstrap over the timing pairs."""
+    import numpy as np
+    import torch
+
+    from s3kit.eval import findings as fd
+    from s3kit.upstream import load_upstream
+
+    ups = {n: load_upstream(models[n]["upstream"]).eval() for n in (fast, slow)}
+    wav = torch.randn(1, 32000) * 0.1
+    times = {n: [] for n in ups}
+    with torch.inference_mode():
+        for up in ups.values():
+            up(wav)  # warm-up
+        for _ in range(repeats):
+            for n, up in ups.items():
+                t0 = time.perf_counter()
+                up(wav)
+                times[n].append(time.perf_counter() - t0)
+    f, s = np.array(times[fast]), np.array(times[slow])
+    params = {n: sum(p.numel() for p in up.parameters()) for n, up in ups.items()}
+    return fd.bootstrap(lambda idx: s[idx].mean() / f[idx].mean(), repeats, 1.0, 2000, seed), params
+
+
+def _safe(fn):
+    """A bootstrap statistic that is NaN where a resample cannot be scored (e.g. no positives)."""
+    def wrapped(idx):
+        try:
+            return fn(idx)
+        except ValueError:
+            return float("nan")
+    return wrapped
+
+
+def stage_findings(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict], kws_result: dict | None) -> dict:
+    """The findings ledger (module :mod:`s3kit.eval.findings`): one row per claim of the seed
+    papers, measured on this run's saved per-item results, embeddings and KWS posteriors, written
+    to ``report/findings.json`` and as the report's first section (``sections/00_findings.json``)."""
+    import numpy as np
+
+    from s3kit.data.manifest import get_label, load_cuts
+    from s3kit.eval import findings as fd
+    from s3kit.eval.bias import parse_tests, stimulus_sets
+    from s3kit.eval.probe import chance_accuracy
+
+    B, seed = cfg.bootstrap, cfg.seed
+    rows: list[fd.Finding] = []
+
+    def items(name: str, task: str):
+        path = run / "models" / name / "predictions" / f"{task}.jsonl.gz"
+        return fd.item_values(read_predictions(path)) if path.exists() else None
+
+    def lowres(name: str, fraction: float):
+        path = run / "rewiring" / "predictions" / f"{name}_{fraction:g}.jsonl.gz"
+        return fd.item_values(read_predictions(path)) if path.exists() else None
+
+    DH, KWS, M2D = "DistilHuBERT", "DVCC (on-device KWS)", "M2D-S"
+    REW, BIAS, PRE = "Rewiring", "Social bias (SpEAT)", "Pretraining (MelHuBERT teacher)"
+    # --- pretraining: the teacher beats its random initialisation on every probe task
+    for task in cfg.tasks:
+        t, init = items("teacher", task), items("teacher-init", task)
+        if t is None or init is None:
+            continue
+        lower = task == "pr"
+        est = fd.difference(t, init, n_bootstrap=B, seed=seed)
+        rows.append(fd.finding(PRE, f"the pretrained teacher beats its random initialisation on {task.upper()}",
+                               f"{task.upper()} {'PER' if lower else 'accuracy'}: teacher - random init", est,
+                               "less" if lower else "greater"))
+    if "ic" in cfg.tasks and items("teacher", "ic") is not None:
+        ids, v, w = items("teacher", "ic")
+        chance = chance_accuracy(load_cuts(data["commands_train"]), "ic")
+        est = fd.bootstrap(lambda idx: fd.rate(v, w, idx) - chance, len(v), 0.0, B, seed)
+        rows.append(fd.finding(PRE, "IC is learnable: the teacher's IC accuracy is above chance",
+                               f"IC accuracy - majority-class chance ({chance:.3f})", est))
+    # --- DistilHuBERT: most of the teacher's gain kept, at a fraction of the size, faster
+    for task in [t for t in ("ks", "pr") if t in cfg.tasks]:
+        st, t, init = items("distilhubert", task), items("teacher", task), items("teacher-init", task)
+        if st is None or t is None or init is None:
+            continue
+        est = fd.retained(st, t, init, null=0.5, n_bootstrap=B, seed=seed)
+        rows.append(fd.finding(DH, f"the student keeps most (> 1/2) of the teacher's {task.upper()} gain over random init",
+                               f"(student - init) / (teacher - init), {task.upper()}", est, "greater", 0.5))
+    if "distilhubert" in models:
+        est, params = _speedup(models, "distilhubert", "teacher", repeats=30, seed=seed)
+        ratio = params["distilhubert"] / params["teacher"]
+        rows.append(fd.finding(DH, "the student runs faster on CPU than the teacher",
+                               "teacher latency / student latency (2 s of audio, 1 thread)", est, "greater", 1.0,
+                               note=f"parameters: {params['distilhubert'] / 1e6:.2f} M vs {params['teacher'] / 1e6:.2f} M "
+                                    f"({ratio:.0%} of the teacher's; the paper's student has 25 %)"))
+    # --- DVCC KWS: FAR at the baseline's FRR
+    if kws_result:
+        from s3kit.eval import kws
+
+        def scores(name, cond):
+            z = np.load(run / "kws" / "scores" / f"{name}_{cond.replace(' ', '')}.npz")
+            return z["probs"], z["labels"]
+
+        classes = kws_result["baseline"]["classes"]
+
+        def far_diff(a: str, b: str, cond: str):
+            pa, lab = scores(a, cond)
+            pb, _ = scores(b, cond)
+            pbase, _ = scores("baseline", cond)
+
+            def stat(idx):
+                op = kws.baseline_frr(pbase[idx], lab[idx], classes, target_frr=0.1)
+                return (kws.detection_at(pa[idx], lab[idx], classes, op).far
+                        - kws.detection_at(pb[idx], lab[idx], classes, op).far)
+            return fd.bootstrap(_safe(stat), len(lab), 0.0, B, seed)
+
+        conds = [c for c in KWS_CONDITIONS if (run / "kws" / "scores" / f"baseline_{c.replace(' ', '')}.npz").exists()]
+        for cond in conds:
+            rows.append(fd.finding(KWS, f"the DVCC student's FAR is below the no-KD baseline's ({cond})",
+                                   f"FAR(DVCC) - FAR(no-KD) at the baseline's FRR (10 % per keyword), {cond}",
+                                   far_diff("dvcc", "baseline", cond), "less"))
+        rows.append(fd.finding(KWS, "the teacher-codebook student beats the codebook-from-scratch one (clean)",
+                               "FAR(w/ T-codebook) - FAR(scratch codebook) at the baseline's FRR, clean",
+                               far_diff("tcode", "scratch", "clean"), "less",
+                               note="teacher: the shipped wav2vec 2.0 demo teacher (the MelHuBERT one has no codebook)"))
+    # --- M2D-S: denoising distillation (e) beats plain M2D (a) on KS
+    if "ks" in cfg.tasks and items("m2ds", "ks") is not None and items("m2d", "ks") is not None:
+        rows.append(fd.finding(M2D, "M2D-S (Table 5 e) beats plain M2D (Table 5 a) on KS",
+                               "KS accuracy: M2D-S - M2D", fd.difference(items("m2ds", "ks"), items("m2d", "ks"),
+                                                                          n_bootstrap=B, seed=seed)))
+    # --- rewiring
+    if "rewired" in models:
+        et = _embeddings(run, "teacher", models["teacher"]["upstream"], data["keywords_test"], "kwtest")
+        er = _embeddings(run, "rewired", models["rewired"]["upstream"], data["keywords_test"], "kwtest")
+        rows.append(fd.finding(REW, "rewiring raises isotropy", "log10 isotropy of keyword test clips: rewired - teacher",
+                               fd.isotropy_difference(er, et, n_bootstrap=min(B, 500), seed=seed)))
+        low, full = min(DEMO_FRACTIONS), max(DEMO_FRACTIONS)
+        if lowres("rewired", low) is not None:
+            rows.append(fd.finding(REW, f"rewiring improves low-resource KS ({low:.0%} of the training clips)",
+                                   f"KS accuracy at {low:.0%}: rewired - teacher",
+                                   fd.difference(lowres("rewired", low), lowres("teacher", low), n_bootstrap=B, seed=seed)))
+            rows.append(fd.finding(REW, "rewiring does not cost full-data KS (drop under 0.05)",
+                                   "KS accuracy at 100 %: rewired - teacher",
+                                   fd.difference(lowres("rewired", full), lowres("teacher", full), null=-0.05,
+                                                 n_bootstrap=B, seed=seed), "greater", -0.05))
+    # --- social bias: SpEAT with targets and attributes resampled
+    cuts = load_cuts(data["speat"])
+    targets, A, B_ = stimulus_sets(cuts, parse_tests(cfg.bias_tests))
+    emb = {n: _embeddings(run, n, models[n]["upstream"], data["speat"], "speat")
+           for n in ("teacher", "pruned", "distilhubert") if n in models}
+    for test in parse_tests(cfg.bias_tests):
+        if test.name not in targets:
+            continue
+        ix, iy = targets[test.name]
+        rows.append(fd.finding(BIAS, f"the teacher shows a {test.name} association (d differs from 0)",
+                               f"SpEAT d, {test.name}, teacher (targets and attributes resampled)",
+                               fd.speat_interval(emb["teacher"], ix, iy, A, B_, B, seed), "nonzero"))
+        for student, how in (("pruned", "pruning"), ("distilhubert", "distillation")):
+            if student in emb:
+                rows.append(fd.finding(BIAS, f"{how} changes the {test.name} d", f"SpEAT d, {test.name}: {student} - teacher",
+                                       fd.speat_interval(emb[student], ix, iy, A, B_, B, seed, baseline=emb["teacher"]),
+                                       "nonzero"))
+    if "speat_controls" in data:
+        ccuts = load_cuts(data["speat_controls"])
+        ec = _embeddings(run, "teacher", models["teacher"]["upstream"], data["speat_controls"], "controls")
+
+        def groups(cuts, kind):
+            return [[i for i, c in enumerate(cuts) if get_label(c, "concept") == kind and get_label(c, "group") == g]
+                    for g in "xyab"]
+
+        rows.append(fd.finding(BIAS, "control: a planted association (background noise) is detected",
+                               "SpEAT d, balanced stimuli with pink noise at 10 dB in X and A only, teacher",
+                               fd.speat_interval(_noise_planted(run, models, data), *groups(_balanced(ccuts), "balanced"),
+                                                 n_bootstrap=B, seed=seed),
+                               note="planted in the audio: X and A share a noise floor, Y and B are clean"))
+        rows.append(fd.finding(BIAS, "control: exchangeable targets give no association", "SpEAT d, balanced control, teacher",
+                               fd.speat_interval(ec, *groups(ccuts, "balanced"), n_bootstrap=B, seed=seed), "none"))
+        rows.append(fd.finding(BIAS, "control: a planted pitch association (X, A 1.3x; Y, B 0.77x) is detected",
+                               "SpEAT d, pitch-planted control, teacher",
+                               fd.speat_interval(ec, *groups(ccuts, "planted"), n_bootstrap=B, seed=seed),
+                               note="a sensitivity check: whether the layer-mean embeddings carry pitch at all"))
+    ledger = fd.ledger(rows)
+    out = run / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "findings.json").write_text(json.dumps(ledger, indent=2))
+    header, table = fd.markdown_table(ledger)
+    counts = {v: sum(r["verdict"] == v for r in ledger) for v in fd.VERDICTS}
+    section = {
+        "title": "What the papers claim and what this run shows",
+        "first": True,
+        "text": "One row per claim of the seed papers, measured in this run: the effect with its 95 % bootstrap "
+                "interval (test items resampled; two models on the same items resampled jointly; SpEAT resamples "
+                "targets and attributes), the two-sided p of 'no effect' (of the stated threshold where there is "
+                "one) and its Holm adjustment over the whole ledger. The verdict is computed (s3kit.eval.findings): "
+                "supported when the interval lies on the claimed side and the adjusted p < 0.05, contradicted when "
+                "it lies on the other side, otherwise inconclusive. Probe scores are averaged over "
+                f"{cfg.probe_seeds} probe seeds per item. Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+                + ". Notes: " + "; ".join(f"{r['claim']}: {r['note']}" for r in ledger if r.get("note")),
+        "tables": [{"title": "Findings ledger", "header": header, "rows": table}],
+        "plots": [],
+    }
+    (run / "sections").mkdir(parents=True, exist_ok=True)
+    (run / "sections" / "00_findings.json").write_text(json.dumps(section, indent=2))
+    return {"rows": len(ledger), "verdicts": counts}
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -357,7 +783,7 @@ def demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> 
     run.mkdir(parents=True, exist_ok=True)
     (run / "demo.json").write_text(json.dumps(to_dict(cfg), indent=2))
     t0 = time.perf_counter()
-    data = _run_stage(run, "corpus", {"minutes": cfg.minutes, "seed": cfg.seed,
+    data = _run_stage(run, "corpus", {"minutes": cfg.minutes, "seed": cfg.seed, "sizes": _corpus_options(cfg),
                                       "pr_corpus": {**PR_CORPUS, "minutes": cfg.pr_minutes} if _wants_pr_corpus(cfg) else None},
                       lambda: stage_corpus(run, cfg), log)
     teacher = _run_stage(run, "teacher", {"teacher": cfg.teacher, "steps": cfg.teacher_steps, "seed": cfg.seed},
@@ -374,13 +800,14 @@ def demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> 
     versions = {}  # what each model is: later stages rerun when a student is remade
     for name, make in STUDENTS:
         student_settings = {"steps": cfg.distil_steps, "seed": cfg.seed, "teacher": teacher["teacher"],
-                            "code": _code_key(make)}
+                            "corpus": _corpus_options(cfg), "code": _code_key(make)}
         result = _run_stage(run, name, student_settings, lambda make=make: make(run, cfg, data, teacher), log,
                             workdir=run / name)
         models[name] = result
         versions[name] = student_settings["code"]
     settings = {"tasks": cfg.tasks, "updates": cfg.probe_updates, "pr_updates": cfg.pr_updates, "lr": cfg.probe_lr,
                 "models": {n: versions.get(n, m["upstream"]) for n, m in sorted(models.items())}, "seed": cfg.seed,
+                "seeds": cfg.probe_seeds, "sid_clips": cfg.sid_clips, "corpus": _corpus_options(cfg),
                 "code": _code_key(stage_probe)}
     _run_stage(run, "probe", settings, lambda: stage_probe(run, cfg, data, models), log)
     _run_stage(run, "bias", {**settings, "tests": cfg.bias_tests, "permutations": cfg.permutations,
@@ -388,8 +815,20 @@ def demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> 
                lambda: stage_bias(run, cfg, data, models), log)
     if "rewired" in models and "ks" in cfg.tasks:
         _run_stage(run, "rewiring", {"updates": cfg.probe_updates, "lr": cfg.probe_lr, "seed": cfg.seed,
+                                     "seeds": cfg.probe_seeds, "corpus": _corpus_options(cfg),
                                      "rewired": versions["rewired"], "code": _code_key(stage_rewiring)},
                    lambda: stage_rewiring(run, cfg, data, models), log)
+    from s3kit.eval import findings as findings_module
+
+    kws_result = None
+    if "dvcc" in models:
+        kws_result = _run_stage(run, "kws", {"steps": cfg.distil_steps, "kws_steps": cfg.kws_steps, "seed": cfg.seed,
+                                             "corpus": _corpus_options(cfg), "dvcc": versions["dvcc"],
+                                             "code": _code_key(stage_kws)},
+                                lambda: stage_kws(run, cfg, data, models), log)
+    _run_stage(run, "findings", {**settings, "bootstrap": cfg.bootstrap, "kws": kws_result is not None,
+                                 "code": _code_key(stage_findings) + _code_key(findings_module)},
+               lambda: stage_findings(run, cfg, data, models, kws_result), log)
     page = build_report(run, title="s3kit demo: tiny teacher, its students, and what they keep")
     log(f"[report] {page}  ({time.perf_counter() - t0:.0f} s in all)")
     return page
@@ -482,9 +921,9 @@ def student_rewired(run: Path, cfg: DemoConfig, data: dict, teacher: dict) -> di
             "description": f"teacher rewired with InfoNCE on Neutral positives (tau 0.04), {steps} updates"}
 
 
-def student_m2ds(run: Path, cfg: DemoConfig, data: dict, teacher: dict) -> dict:
-    """M2D-S (Table 5 (e)): a small ViT on noisy log-mel patches, M2D against its EMA target plus
-    distillation of the teacher's layer 3 of 4 (the paper's layer 9 of 12) on clean speech."""
+def _m2ds_student(run: Path, cfg: DemoConfig, data: dict, teacher: dict, name: str, variant: str) -> dict:
+    """A Table 5 variant (``e``: M2D-S; ``a``: M2D alone on noisy speech) of a small ViT on noisy
+    log-mel patches; ``e`` distils the teacher's layer 3 of 4 (the paper's layer 9 of 12) on clean speech."""
     from s3kit.config import build
     from s3kit.methods.m2ds import M2DSConfig, pretrain_m2ds
 
@@ -494,15 +933,29 @@ def student_m2ds(run: Path, cfg: DemoConfig, data: dict, teacher: dict) -> dict:
     m = build(M2DSConfig, {
         "arch": "small", "batch_size": 16, "ema_start": 0.995, "ema_end": 0.999, "norm_max_cuts": 500,
         "teacher_layer": 3,
-        "train": {"out_dir": str(run / "m2ds" / "train"), "total_steps": steps, "lr": 1e-3, "warmup": 0.06,
+        "train": {"out_dir": str(run / name / "train"), "total_steps": steps, "lr": 1e-3, "warmup": 0.06,
                   "amp": False, "log_every": 20, "val_every": max(50, steps // 3), "save_every": max(50, steps // 3),
                   "seed": cfg.seed, "device": cfg.device},
-    })
-    result, _ = pretrain_m2ds(data["sentences_train"], data["noise"], teacher["teacher"], m,
-                              cache_dir=run / "m2ds" / "teacher_cache", progress=True)
-    return {"upstream": str(result.checkpoint), "source": "s3kit pretrain m2ds --recipe recipes/m2ds_demo.yaml",
-            "description": f"M2D-S small ViT (80x4 patches), {steps} steps on noisy synthetic speech, "
+    }).ablation(variant)
+    result, _ = pretrain_m2ds(data["sentences_train"], data["noise"], teacher["teacher"] if m.uses_teacher else None, m,
+                              cache_dir=run / name / "teacher_cache", progress=True)
+    return {"upstream": str(result.checkpoint), "variant": variant}
+
+
+def student_m2ds(run: Path, cfg: DemoConfig, data: dict, teacher: dict) -> dict:
+    """M2D-S (Table 5 (e)): M2D against its EMA target plus denoising distillation of the teacher."""
+    out = _m2ds_student(run, cfg, data, teacher, "m2ds", "e")
+    return {**out, "source": "s3kit pretrain m2ds --recipe recipes/m2ds_demo.yaml",
+            "description": f"M2D-S small ViT (80x4 patches), {cfg.distil_steps} steps on noisy synthetic speech, "
                            f"distilling the teacher's layer 3"}
+
+
+def student_m2d(run: Path, cfg: DemoConfig, data: dict, teacher: dict) -> dict:
+    """Plain M2D (Table 5 (a)): the same ViT and noisy input, no teacher: M2D-S's control."""
+    out = _m2ds_student(run, cfg, data, teacher, "m2d", "a")
+    return {**out, "source": "s3kit pretrain m2ds --recipe recipes/m2ds_demo.yaml lambda_off=0 (Table 5 a)",
+            "description": f"M2D small ViT (80x4 patches), {cfg.distil_steps} steps on noisy synthetic speech, "
+                           f"no teacher (M2D-S's Table 5 (a) control)"}
 
 
 # (name, function(run, cfg, data, teacher) -> {"upstream", "description", "source"}) of the
@@ -513,4 +966,5 @@ STUDENTS: list[tuple[str, Callable]] = [
     ("pruned", student_pruned),
     ("rewired", student_rewired),
     ("m2ds", student_m2ds),
+    ("m2d", student_m2d),
 ]

@@ -21,6 +21,14 @@ train/dev/test splits over :func:`s3kit.data.tts.make_voices` speakers:
   native-English vs foreign-language voices (``concept`` accent, ``group`` native/foreign);
   attributes: pleasant vs unpleasant words (Caliskan et al. 2017 WEAT lists) read by all voices
   in rotation (``concept`` valence, ``group`` pleasant/unpleasant).
+* ``speat_controls`` (with ``speat_controls > 0``): two SpEAT sets with a known answer,
+  ``concept`` planted / balanced, ``group`` x / y (targets), a / b (attributes): a planted
+  association (pitch shared by X and A, by Y and B) and exchangeable targets (none); see
+  :func:`_control_jobs`.
+
+Sizes come from ``minutes`` and the ``*_share`` fields, or explicitly per split from
+``keywords_per_class``, ``commands_per_intent``, ``sentences``, ``speat_targets`` and
+``speat_attributes`` (docs/data.md, "The synthetic corpus: sizes and interval widths").
 
 Layout::
 
@@ -28,7 +36,7 @@ Layout::
     OUT/audio/<subset>/<cut id>.flac                 # 16 kHz mono PCM-16
     OUT/manifests/<subset>_{train,dev,test}.jsonl.gz # keywords, commands, sentences, sentences_neutral
     OUT/manifests/keywords_{dev,test}_snr{10,0}.jsonl.gz   # noisy keyword sets (MixedCuts)
-    OUT/manifests/noise.jsonl.gz  speat.jsonl.gz
+    OUT/manifests/noise.jsonl.gz  speat.jsonl.gz  [speat_controls.jsonl.gz]
 
 Every clip's randomness comes from ``(seed, subset, index)``, so the output does not depend on
 worker scheduling: the same seed gives identical manifests and audio. A complete output for the
@@ -180,6 +188,20 @@ class SynthConfig:
     # its own split at these SNRs (dB); SPEC "Data" measures the MFCC baseline at 10 and 0 dB
     noisy_snrs: tuple[float, ...] = (10.0, 0.0)
     speat_min: int = 8
+    # Explicit sizes (None: derived from ``minutes`` and the shares above). Each is per split,
+    # (train, dev, test): clips per keyword class (_silence_ included), utterances per intent,
+    # sentences. ``speat_targets`` / ``speat_attributes``: stimuli per target group / attribute
+    # group (attributes beyond the 25 WEAT words repeat the words in other voices).
+    keywords_per_class: tuple[int, int, int] | None = None
+    commands_per_intent: tuple[int, int, int] | None = None
+    sentences: tuple[int, int, int] | None = None
+    speat_targets: int | None = None
+    speat_attributes: int | None = None
+    neutral_splits: tuple[str, ...] = SPLITS  # splits whose sentences get a monotone "neutral" rendering
+    # SpEAT controls (OUT/manifests/speat_controls.jsonl.gz), per group: ``planted`` (targets and
+    # attributes share a pitch shift, so an association exists by construction) and ``balanced``
+    # (two exchangeable target halves, so none exists); 0 makes none
+    speat_controls: int = 0
     pitch_jitter: float = 0.08  # per take, on top of each speaker's own pitch (factor 1 ± jitter)
     rate_jitter: float = 0.10
 
@@ -195,6 +217,17 @@ class SynthConfig:
                 raise ConfigError(f"unknown engine {e!r}; choose from {list(tts.ENGINES)}")
         if self.dev_speakers < 1 or self.test_speakers < 1:
             raise ConfigError("dev_speakers and test_speakers must be >= 1 (splits are speaker-disjoint)")
+        for name in ("keywords_per_class", "commands_per_intent", "sentences"):
+            v = getattr(self, name)
+            if v is not None and (len(v) != 3 or min(v) < 1):
+                raise ConfigError(f"{name}={v}: need three counts >= 1, (train, dev, test)")
+        for name in ("speat_targets", "speat_attributes"):
+            v = getattr(self, name)
+            if v is not None and v < 2:
+                raise ConfigError(f"{name}={v}: need at least 2 stimuli per group")
+        bad = [s for s in self.neutral_splits if s not in SPLITS]
+        if bad:
+            raise ConfigError(f"neutral_splits: {bad} are not splits; choose from {list(SPLITS)}")
 
     @property
     def seconds(self) -> float:
@@ -320,18 +353,27 @@ def balanced_pairs(n: int, num_speakers: int, num_classes: int) -> list[tuple[in
     return [((i + i // block) % num_speakers, i % num_classes) for i in range(n)]
 
 
-def split_pairs(n: int, voices: list[Voice], split_of: dict[str, str], num_classes: int) -> list[tuple[Voice, int]]:
-    """``n`` (voice, class) items shared out over the splits in proportion to their speakers,
-    balanced within each split by :func:`balanced_pairs` (so every split has every class)."""
+def split_pairs(n: int, voices: list[Voice], split_of: dict[str, str], num_classes: int,
+                counts: tuple[int, int, int] | None = None) -> list[tuple[Voice, int]]:
+    """``n`` (voice, class) items shared out over the splits in proportion to their speakers
+    (or ``counts`` = (train, dev, test) items), balanced within each split by
+    :func:`balanced_pairs` (so every split has every class)."""
     out = []
     left = n
     for k, split in enumerate(SPLITS):
         pool = [v for v in voices if split_of[v.speaker] == split]
-        count = left if k == len(SPLITS) - 1 else round(n * len(pool) / len(voices))
-        count = min(count, left)
-        left -= count
+        if counts is not None:
+            count = counts[k]
+        else:
+            count = left if k == len(SPLITS) - 1 else round(n * len(pool) / len(voices))
+            count = min(count, left)
+            left -= count
         out += [(pool[s], c) for s, c in balanced_pairs(count, len(pool), num_classes)]
     return out
+
+
+def _per_class(counts: tuple[int, int, int] | None, classes: int) -> tuple[int, int, int] | None:
+    return None if counts is None else tuple(c * classes for c in counts)
 
 
 def _jitter(voice: Voice, rng: np.random.Generator, cfg: SynthConfig) -> Voice:
@@ -361,7 +403,8 @@ def plan(out: Path, cfg: SynthConfig, voices: list[Voice]) -> tuple[list[dict], 
     n_sil = n_kw // len(KEYWORD_CLASSES)
     speech_classes = (*KEYWORDS, UNKNOWN)
     unknown_seen = 0
-    for i, (v, c) in enumerate(split_pairs(n_kw - n_sil, voices, split_of, len(speech_classes))):
+    kw_counts = _per_class(cfg.keywords_per_class, len(speech_classes))
+    for i, (v, c) in enumerate(split_pairs(n_kw - n_sil, voices, split_of, len(speech_classes), kw_counts)):
         rng = np.random.default_rng([cfg.seed, 1, i])
         label = speech_classes[c]
         word = label
@@ -370,7 +413,7 @@ def plan(out: Path, cfg: SynthConfig, voices: list[Voice]) -> tuple[list[dict], 
             unknown_seen += 1
         add("keywords", f"kw{i:05d}", (1, i), dict(kind="word", text=word, voice=_jitter(v, rng, cfg)),
             dict(text=word, keyword=label, **speaker_label(v)))
-    for j, (v, _) in enumerate(split_pairs(n_sil, voices, split_of, 1)):  # the splits' proportions
+    for j, (v, _) in enumerate(split_pairs(n_sil, voices, split_of, 1, cfg.keywords_per_class)):
         colour = ("white", "pink", "brown")[j % 3]
         add("keywords", f"sil{j:05d}", (2, j), dict(kind="silence", colour=colour),
             dict(text="", keyword=SILENCE, speaker=None, gender=None, split=split_of[v.speaker], noise_type=colour))
@@ -378,7 +421,8 @@ def plan(out: Path, cfg: SynthConfig, voices: list[Voice]) -> tuple[list[dict], 
     # FSC-like commands
     n_cmd = max(2 * len(SPLITS), round(cfg.command_share * cfg.seconds / _EST_COMMAND_S))
     takes = [0] * len(INTENTS)
-    for i, (v, c) in enumerate(split_pairs(n_cmd, voices, split_of, len(INTENTS))):
+    for i, (v, c) in enumerate(split_pairs(n_cmd, voices, split_of, len(INTENTS),
+                                           _per_class(cfg.commands_per_intent, len(INTENTS)))):
         rng = np.random.default_rng([cfg.seed, 3, i])
         text = command_text(INTENTS[c], takes[c])  # phrasings rotate over an intent's takes
         takes[c] += 1
@@ -388,12 +432,14 @@ def plan(out: Path, cfg: SynthConfig, voices: list[Voice]) -> tuple[list[dict], 
 
     # sentences + neutral (monotone, one voice) renderings with the same ids
     n_sent = max(2 * len(SPLITS), round(cfg.sentence_share * cfg.seconds / (2 * _EST_SENTENCE_S)))
-    for i, (v, _) in enumerate(split_pairs(n_sent, voices, split_of, 1)):
+    for i, (v, _) in enumerate(split_pairs(n_sent, voices, split_of, 1, cfg.sentences)):
         rng = np.random.default_rng([cfg.seed, 4, i])
         text = _sentence(rng)
         cid = f"sent{i:05d}"
         add("sentences", cid, (4, i), dict(kind="speech", text=text, voice=_jitter(v, rng, cfg), phones=True),
             dict(text=text, **speaker_label(v)))
+        if split_of[v.speaker] not in cfg.neutral_splits:
+            continue
         add("sentences_neutral", cid, (5, i), dict(kind="speech", text=text, voice=NEUTRAL_VOICE, monotone=True, phones=True),
             dict(text=text, speaker="neutral", gender=NEUTRAL_VOICE.gender, accent=NEUTRAL_VOICE.accent,
                  split=split_of[v.speaker], neutral_of=cid))
@@ -420,23 +466,61 @@ def plan(out: Path, cfg: SynthConfig, voices: list[Voice]) -> tuple[list[dict], 
     # SpEAT stimuli
     n_sp = int(np.clip(round(cfg.speat_share * cfg.seconds / (4 * _EST_TARGET_S + 2 * _EST_WORD_S)),
                        cfg.speat_min, len(PLEASANT)))
-    for k in range(n_sp):
-        v = voices[k % S]
+    n_attr = cfg.speat_attributes or n_sp
+    n_tgt = cfg.speat_targets or n_sp
+    for k in range(n_attr):
+        v = voices[k % S]  # pleasant k and unpleasant k in the same voice: no voice-valence link
         for a, (group, words) in enumerate((("pleasant", PLEASANT), ("unpleasant", UNPLEASANT))):
             cid = f"speat-{group}{k:03d}"
-            add("speat", cid, (7, a, k), dict(kind="speech", text=words[k], voice=v),
-                dict(text=words[k], concept="valence", group=group, **speaker_label(v)))
+            word = words[k % len(words)]
+            add("speat", cid, (7, a, k), dict(kind="speech", text=word, voice=v),
+                dict(text=word, concept="valence", group=group, **speaker_label(v)))
     for g, (concept, group, keep) in enumerate(SPEAT_TARGETS):
         pool = [v for v in voices if keep(v)]
         if not pool:
             raise ValueError(f"SpEAT {concept}: no {group} voice among engines {list(cfg.engines)}; add an engine")
-        for k in range(n_sp):
+        for k in range(n_tgt):
             v = pool[k % len(pool)]
             text = TARGET_TEXTS[k % len(TARGET_TEXTS)]
             cid = f"speat-{group}{k:03d}"
             add("speat", cid, (8, g, k), dict(kind="speech", text=text, voice=v),
                 dict(text=text, concept=concept, group=group, **speaker_label(v)))
+    for job in _control_jobs(cfg, voices):
+        kind, group, k, text, voice = job
+        cid = f"control-{kind}-{group}{k:03d}"
+        add("speat_controls", cid, (10, CONTROL_KINDS.index(kind), "xyab".index(group), k),
+            dict(kind="speech", text=text, voice=voice), dict(text=text, concept=kind, group=group, **speaker_label(voice)))
     return jobs, meta
+
+
+CONTROL_KINDS = ("planted", "balanced")
+PLANTED_PITCH = (1.3, 0.77)  # planted control: X and attribute A high, Y and attribute B low
+
+
+def _control_jobs(cfg: SynthConfig, voices: list[Voice]) -> list[tuple[str, str, int, str, Voice]]:
+    """(kind, group, index, text, voice) of the SpEAT control stimuli, ``cfg.speat_controls`` per group.
+
+    ``planted``: target X and attribute A (pleasant words) spoken at 1.3 x the voice's pitch,
+    Y and B (unpleasant words) at 0.77 x, each index k in the same voice and (X, Y) with the
+    same text: the pitch shift links X to A and Y to B, an association any encoder that hears
+    pitch must show. ``balanced``: X and Y both plain readings of the target texts in the same
+    voices (Y's texts are X's rotated by half the list), A and B the attribute words: the two
+    target groups are exchangeable, so no association exists.
+    """
+    out = []
+    S = len(voices)
+    hi, lo = PLANTED_PITCH
+    for k in range(cfg.speat_controls):
+        v = voices[k % S]
+        text = TARGET_TEXTS[k % len(TARGET_TEXTS)]
+        pleasant, unpleasant = PLEASANT[k % len(PLEASANT)], UNPLEASANT[k % len(UNPLEASANT)]
+        out += [("planted", "x", k, text, v.with_prosody(pitch=hi)), ("planted", "y", k, text, v.with_prosody(pitch=lo)),
+                ("planted", "a", k, pleasant, v.with_prosody(pitch=hi)),
+                ("planted", "b", k, unpleasant, v.with_prosody(pitch=lo))]
+        other = TARGET_TEXTS[(k + len(TARGET_TEXTS) // 2) % len(TARGET_TEXTS)]
+        out += [("balanced", "x", k, text, v), ("balanced", "y", k, other, v),
+                ("balanced", "a", k, pleasant, v), ("balanced", "b", k, unpleasant, v)]
+    return out
 
 
 # --------------------------------------------------------------------------- manifests
@@ -471,7 +555,7 @@ def _snr_name(snr: float) -> str:
 def _manifest_names(cfg: SynthConfig) -> list[str]:
     names = [f"{s}_{sp}" for s in ("keywords", "commands", "sentences", "sentences_neutral") for sp in SPLITS]
     names += [f"keywords_{sp}_{_snr_name(snr)}" for snr in cfg.noisy_snrs for sp in ("dev", "test")]
-    return names + ["noise", "speat"]
+    return names + ["noise", "speat"] + (["speat_controls"] if cfg.speat_controls else [])
 
 
 def noisy_copy(cuts: list, noise: list, snr: float, seed: int) -> list:
@@ -533,8 +617,8 @@ def synthesize_corpus(out: str | Path, minutes: float = 10.0, seed: int = 0, num
         seconds[subset] = seconds.get(subset, 0.0) + cut.duration
         if subset == "noise":
             cuts_by["noise"].append(cut)
-        elif subset == "speat":
-            cuts_by["speat"].append(cut)
+        elif subset in ("speat", "speat_controls"):
+            cuts_by[subset].append(cut)
         else:
             cuts_by[f"{subset}_{label['split']}"].append(cut)
     for snr in cfg.noisy_snrs:

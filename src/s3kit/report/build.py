@@ -31,7 +31,8 @@ def load_cards(run_dir: str | Path) -> list[dict]:
 
 def load_sections(run_dir: str | Path) -> list[dict]:
     """Extra report sections written by analysis stages: ``RUN/sections/*.json``, each
-    ``{"title", "text"?, "tables": [{"title", "header", "rows"}], "plots": [{"caption", "file"}]}``."""
+    ``{"title", "text"?, "first"?, "tables": [{"title", "header", "rows"}], "plots": [{"caption", "file"}]}``
+    (``first``: shown above the model tables, e.g. the demo's findings ledger)."""
     sections = []
     for p in sorted(Path(run_dir).glob("sections/*.json")):
         try:
@@ -411,20 +412,13 @@ def _plots(cards: list[dict], plots: Path) -> list[tuple[str, str]]:
 
 def _markdown(title: str, cards: list[dict], tables, plots, sections=()) -> str:
     lines = [f"# {title}", ""]
+    lines += _markdown_sections([s for s in sections if s.get("first")])
     for t, header, rows, notes in tables:
         lines += [f"## {t}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines.append("")
         lines += [n + "\n" for n in notes]
-    for sec in sections:
-        lines += [f"## {sec['title']}", ""]
-        if sec.get("text"):
-            lines += [sec["text"], ""]
-        for tab in sec["tables"]:
-            lines += [f"### {tab['title']}", "", "| " + " | ".join(tab["header"]) + " |", "|" + "---|" * len(tab["header"])]
-            lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in tab["rows"]]
-            lines.append("")
-        lines += [f"![{p['caption']}](plots/{p['file']})\n\n{p['caption']}\n" for p in sec["plots"]]
+    lines += _markdown_sections([s for s in sections if not s.get("first")])
     lines += ["## Model cards", ""]
     for c in cards:
         lines += [f"### {c['name']}", "", c.get("description", ""), ""]
@@ -434,6 +428,21 @@ def _markdown(title: str, cards: list[dict], tables, plots, sections=()) -> str:
         lines += ["## Plots", ""]
         lines += [f"![{cap}](plots/{f})\n\n{cap}\n" for cap, f in plots]
     return "\n".join(lines)
+
+
+def _markdown_sections(sections) -> list[str]:
+    """Markdown of extra sections (``first: true`` ones go above the model tables)."""
+    lines = []
+    for sec in sections:
+        lines += [f"## {sec['title']}", ""]
+        if sec.get("text"):
+            lines += [sec["text"], ""]
+        for tab in sec["tables"]:
+            lines += [f"### {tab['title']}", "", "| " + " | ".join(tab["header"]) + " |", "|" + "---|" * len(tab["header"])]
+            lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in tab["rows"]]
+            lines.append("")
+        lines += [f"![{p['caption']}](plots/{p['file']})\n\n{p['caption']}\n" for p in sec["plots"]]
+    return lines
 
 
 def _html(title: str, cards: list[dict], tables, plots, sections=()) -> str:
@@ -448,22 +457,13 @@ def _html(title: str, cards: list[dict], tables, plots, sections=()) -> str:
         ".note{font-size:0.9em;color:#444;max-width:900px}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
     ]
+    parts += _html_sections([s for s in sections if s.get("first")])
     for t, header, rows, notes in tables:
         parts.append(f"<h2>{esc(t)}</h2><table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>")
         parts += ["<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r) + "</tr>" for r in rows]
         parts.append("</tbody></table>")
         parts += [f"<p class='note'>{esc(n)}</p>" for n in notes]
-    for sec in sections:
-        parts.append(f"<h2>{esc(sec['title'])}</h2>")
-        if sec.get("text"):
-            parts.append(f"<p>{esc(sec['text'])}</p>")
-        for tab in sec["tables"]:
-            parts.append(f"<h3>{esc(tab['title'])}</h3><table><thead><tr>"
-                         + "".join(f"<th>{esc(str(h))}</th>" for h in tab["header"]) + "</tr></thead><tbody>")
-            parts += ["<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in r) + "</tr>" for r in tab["rows"]]
-            parts.append("</tbody></table>")
-        parts += [f"<figure><img src='plots/{esc(p['file'])}' alt='{esc(p['caption'])}'>"
-                  f"<figcaption>{esc(p['caption'])}</figcaption></figure>" for p in sec["plots"]]
+    parts += _html_sections([s for s in sections if not s.get("first")])
     if plots:
         parts.append("<h2>Plots</h2>")
         parts += [f"<figure><img src='plots/{esc(f)}' alt='{esc(cap)}'><figcaption>{esc(cap)}</figcaption></figure>" for cap, f in plots]
@@ -486,6 +486,24 @@ def _html(title: str, cards: list[dict], tables, plots, sections=()) -> str:
         parts.append("<ul>" + "".join(f"<li>{esc(f)}</li>" for f in facts) + "</ul></div>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _html_sections(sections) -> list[str]:
+    """HTML of extra sections (``first: true`` ones go above the model tables)."""
+    esc = html.escape
+    parts = []
+    for sec in sections:
+        parts.append(f"<h2>{esc(sec['title'])}</h2>")
+        if sec.get("text"):
+            parts.append(f"<p>{esc(sec['text'])}</p>")
+        for tab in sec["tables"]:
+            parts.append(f"<h3>{esc(tab['title'])}</h3><table><thead><tr>"
+                         + "".join(f"<th>{esc(str(h))}</th>" for h in tab["header"]) + "</tr></thead><tbody>")
+            parts += ["<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in r) + "</tr>" for r in tab["rows"]]
+            parts.append("</tbody></table>")
+        parts += [f"<figure><img src='plots/{esc(p['file'])}' alt='{esc(p['caption'])}'>"
+                  f"<figcaption>{esc(p['caption'])}</figcaption></figure>" for p in sec["plots"]]
+    return parts
 
 
 def build_report(run_dir: str | Path, title: str = "s3kit report", reference: str | None = None) -> Path:
