@@ -135,6 +135,15 @@ def test_cli_qbe(qbe_set, tmp_path):
     assert rc == 0
     rows = json.loads((out / "results.json").read_text())["runs"]
     assert rows[0]["task"] == "qbe" and "test_map" in rows[0]["extra"]
+    assert rows[0]["n"] > 0 and rows[0]["ci_low"] <= rows[0]["test"] <= rows[0]["ci_high"]
+    # `s3kit compare` on QbE runs: an identical copy is not different
+    import shutil
+
+    shutil.copytree(out, tmp_path / "again")
+    assert main(["compare", str(out), str(tmp_path / "again"), "--out", str(tmp_path / "cmp")]) == 0
+    (row,) = json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]
+    assert row["metric"] == "mtwv" and row["higher_is_better"] and row["diff"] == 0 and row["p"] == 1.0
+    assert row["n"] == rows[0]["n"] and not row["significant"]
 
 
 def quesst_fixture(root):

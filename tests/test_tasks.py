@@ -386,6 +386,12 @@ def test_cli_runs_env_and_sd_with_task_options(tmp_path):
                  "--eval-every", "1", "--batch-size", "2", "progress=false", "sd.hidden=8", "sd.standardize=true"]) == 0
     (row,) = json.loads((out / "sd" / "results.json").read_text())["runs"]
     assert row["metric"] == "der" and row["extra"]["picked_on"] == "dev" and row["updates"] == 2
+    assert row["n"] == 2 and row["ci_low"] <= row["test"] <= row["ci_high"]
+    from s3kit.eval.probe import read_predictions
+
+    preds = read_predictions(out / "sd" / "predictions.jsonl.gz")
+    assert len(preds) == 2 and {"errors", "ref_length", "missed", "false_alarm", "confusion"} <= preds[0].keys()
+    assert len(read_predictions(out / "env" / "predictions.jsonl.gz")) == 2 * 12  # 2 fractions x 12 test clips
     # a bad task option names the field
     assert main(["probe", "--upstream", "fbank", "--task", "sd", "--data", str(sd["sd_train"].parent),
                  "--out", str(out / "bad"), "--cache-dir", str(tmp_path / "cache"), "sd.hiden=8"]) == 2
