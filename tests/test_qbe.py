@@ -115,6 +115,14 @@ def test_synthetic_qbe_end_to_end(qbe_set, tmp_path):
     chance = np.mean([np.mean([(i + 1) / (p + 1) for i, p in enumerate(sorted(pos))])
                       for pos in itertools.combinations(range(n), k)])
     assert r.extra["test_map"] > chance + 0.15, (r.extra, chance)
+    # per-query predictions reproduce the scores; the intervals bracket them (n: queries with a true document)
+    from s3kit.eval.probe import score_interval, score_items
+
+    assert [i["id"] for i in r.predictions] == [c.id for c in test] and r.n == len(test)
+    assert score_items(r.predictions) == pytest.approx(r.test) and r.ci_low <= r.test <= r.ci_high
+    assert score_interval(r.predictions, seed=r.seed).ci_high == pytest.approx(r.ci_high)
+    lo, hi = r.extra["test_map_ci"]
+    assert lo <= r.extra["test_map"] <= hi
 
 
 def test_cli_qbe(qbe_set, tmp_path):
@@ -127,6 +135,15 @@ def test_cli_qbe(qbe_set, tmp_path):
     assert rc == 0
     rows = json.loads((out / "results.json").read_text())["runs"]
     assert rows[0]["task"] == "qbe" and "test_map" in rows[0]["extra"]
+    assert rows[0]["n"] > 0 and rows[0]["ci_low"] <= rows[0]["test"] <= rows[0]["ci_high"]
+    # `s3kit compare` on QbE runs: an identical copy is not different
+    import shutil
+
+    shutil.copytree(out, tmp_path / "again")
+    assert main(["compare", str(out), str(tmp_path / "again"), "--out", str(tmp_path / "cmp")]) == 0
+    (row,) = json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]
+    assert row["metric"] == "mtwv" and row["higher_is_better"] and row["diff"] == 0 and row["p"] == 1.0
+    assert row["n"] == rows[0]["n"] and not row["significant"]
 
 
 def quesst_fixture(root):

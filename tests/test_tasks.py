@@ -115,6 +115,13 @@ def test_sd_probe_learns_toy_diarization(tmp_path):
     assert baseline > 0.35 and r.test < baseline - 0.1, (r.test, baseline, r.curve)
     assert r.extra["picked_on"] == "dev" and len(r.extra["dev_grid"]) == 10
     assert r.dev == min(g["der"] for g in r.extra["dev_grid"])
+    # per-recording predictions: DER = summed errors / summed reference speech, with its bootstrap interval
+    from s3kit.eval.probe import score_items
+
+    assert [i["id"] for i in r.predictions] == [c.id for c in test] and r.n == 6
+    assert score_items(r.predictions) == pytest.approx(r.test) and r.ci_low <= r.test <= r.ci_high
+    missed = sum(i["missed"] for i in r.predictions)
+    assert missed == pytest.approx(r.extra["test_components"]["missed detection"])
 
 
 def test_synthetic_sd_mixtures(tmp_path):
@@ -215,6 +222,12 @@ def test_synthetic_sf_end_to_end(tmp_path):
     r = run_probe("fbank", "sf", paths["sf_train"], paths["sf_dev"], paths["sf_test"], cfg)
     assert r.metric == "slot_type_f1" and 0.0 <= r.test <= 1.0 and r.extra["test_slot_value_cer"] >= 0.0
     assert "<B-time>" in r.extra["vocabulary"]
+    from s3kit.eval.probe import score_items
+
+    assert r.n == 4 and len(r.predictions) == 4 and score_items(r.predictions) == pytest.approx(r.test)
+    assert r.ci_low <= r.test <= r.ci_high
+    cer = sum(i["value_errors"] for i in r.predictions) / sum(i["value_chars"] for i in r.predictions)
+    assert cer == pytest.approx(r.extra["test_slot_value_cer"])
 
 
 def test_snips_layout(tmp_path):
@@ -261,6 +274,9 @@ def test_synthetic_style_set(tmp_path):
     r = run_probe("mfcc", "style", paths["style_train"], paths["style_dev"], paths["style_test"],
                   _cfg(tmp_path, lr=1e-2, max_updates=20, eval_every=10))
     assert r.task == "style" and r.num_train == 24 and len(r.curve) == 2
+    # the normal probe path: per-utterance predictions and a Wilson interval
+    assert r.n == len(load_cuts(paths["style_test"])) == len(r.predictions) and "correct" in r.predictions[0]
+    assert r.ci_low <= r.test <= r.ci_high
 
 
 # ----------------------------------------------------------------------------------- ENV / MUS
@@ -291,6 +307,12 @@ def test_linear_eval_on_synthetic_sounds(kind, tmp_path):
                   _cfg(tmp_path, lr=1e-2))
     assert r.metric == "accuracy" and r.test > 1 / 6 + 0.3, r  # 6 classes, 18 test clips
     assert r.extra["epochs"] <= 200 and r.updates_to_best == r.curve[[u for u, _ in r.curve].index(r.updates_to_best)][0]
+    # per-clip predictions and the Wilson interval of k right out of 18
+    from s3kit.eval.stats import wilson_ci
+
+    k = sum(i["correct"] for i in r.predictions)
+    assert r.n == 18 and r.test == k / 18 and (r.ci_low, r.ci_high) == pytest.approx(wilson_ci(k, 18))
+    assert all(i["correct"] == (i["reference"] == i["hypothesis"]) for i in r.predictions)
     half = run_probe("mfcc", kind, paths[f"{kind}_train"], paths[f"{kind}_dev"], paths[f"{kind}_test"],
                      _cfg(tmp_path, lr=1e-2, fraction=0.5))
     assert half.num_train == 18
@@ -364,6 +386,12 @@ def test_cli_runs_env_and_sd_with_task_options(tmp_path):
                  "--eval-every", "1", "--batch-size", "2", "progress=false", "sd.hidden=8", "sd.standardize=true"]) == 0
     (row,) = json.loads((out / "sd" / "results.json").read_text())["runs"]
     assert row["metric"] == "der" and row["extra"]["picked_on"] == "dev" and row["updates"] == 2
+    assert row["n"] == 2 and row["ci_low"] <= row["test"] <= row["ci_high"]
+    from s3kit.eval.probe import read_predictions
+
+    preds = read_predictions(out / "sd" / "predictions.jsonl.gz")
+    assert len(preds) == 2 and {"errors", "ref_length", "missed", "false_alarm", "confusion"} <= preds[0].keys()
+    assert len(read_predictions(out / "env" / "predictions.jsonl.gz")) == 2 * 12  # 2 fractions x 12 test clips
     # a bad task option names the field
     assert main(["probe", "--upstream", "fbank", "--task", "sd", "--data", str(sd["sd_train"].parent),
                  "--out", str(out / "bad"), "--cache-dir", str(tmp_path / "cache"), "sd.hiden=8"]) == 2

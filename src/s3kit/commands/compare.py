@@ -14,7 +14,8 @@ def register(sub) -> None:
         help="paired tests between `s3kit probe` runs of several upstreams on the same test set",
         description="Read each RUN_DIR's predictions.jsonl.gz (written by `s3kit probe`) and compare every run with "
         "the reference run on each task, fraction and seed they share: the difference (model minus reference) with "
-        "its 95 % interval, the p-value (exact McNemar for accuracy, paired utterance-level bootstrap for PER / WER) "
+        "its 95 % interval, the p-value (exact McNemar for accuracy, paired utterance-level bootstrap for PER / WER / "
+        "DER, paired bootstrap over utterances / queries for SF slot-type F1 / QbE MTWV) "
         "and the Holm-adjusted p over the whole table; a row not significant after adjustment is marked n.s. "
         "Refuses runs scored on different test items, naming the first mismatch. Writes compare.md and "
         "compare.json to --out.",

@@ -6,8 +6,9 @@ Each run directory is what ``s3kit probe --out DIR`` wrote; the comparison reads
 ``predictions.jsonl.gz`` (every test item of every task, fraction and seed). For each probe of the
 reference run (task, fraction, seed), every other run's probe with the same key is compared with
 it on the same items (:func:`s3kit.eval.probe.compare_items`): model minus reference, for
-accuracies with a paired bootstrap interval and the exact McNemar p, for PER / WER with the paired
-utterance-level bootstrap. The p-values of the whole table are Holm-adjusted (one family), and a
+accuracies with a paired bootstrap interval and the exact McNemar p, for PER / WER / DER with the
+paired utterance-level bootstrap, for SF's slot-type F1 and QbE's MTWV with the paired bootstrap
+over utterances / queries. The p-values of the whole table are Holm-adjusted (one family), and a
 row whose adjusted p is not below ``alpha`` is marked ``n.s.``: the test set cannot tell the two
 models apart there. Runs scored on different test items are refused, naming the first mismatch.
 """
@@ -21,6 +22,9 @@ from pathlib import Path
 
 ALPHA = 0.05  # family-wise error rate of the table (after Holm)
 NOT_SIGNIFICANT = "n.s."
+# metric names of the tasks outside probe.TASKS (s3kit.eval.tasks), and by kind of per-item result
+EXTRA_METRICS = {"sd": "der", "sf": "slot_type_f1", "qbe": "mtwv", "env": "accuracy", "mus": "accuracy"}
+KIND_METRICS = {"accuracy": "accuracy", "rate": "error rate", "f1": "slot_type_f1", "detection": "mtwv"}
 
 
 @dataclass
@@ -101,7 +105,7 @@ def compare_runs(run_dirs: list[str | Path], reference: str | None = None, alpha
     intervals, ``diff`` (model minus reference) with ``ci_low``, ``ci_high``, the test used, ``p``,
     the Holm-adjusted ``p_holm`` over all rows and ``significant`` (``p_holm < alpha``).
     """
-    from s3kit.eval.probe import TASKS, compare_items, score_interval
+    from s3kit.eval.probe import TASKS, compare_items, item_kind, score_interval
     from s3kit.eval.stats import holm
 
     paths = [Path(p) for p in run_dirs]
@@ -123,10 +127,11 @@ def compare_runs(run_dirs: list[str | Path], reference: str | None = None, alpha
             iv_m, iv_r = score_interval(items_m, seed=seed), score_interval(items_r, seed=seed)
             task = key[0]
             spec = TASKS.get(task)
-            accuracy = "correct" in items_m[0]
+            kind = item_kind(items_m)
+            accuracy = kind == "accuracy"
             rows.append({
-                "task": task, "metric": spec.metric if spec else ("accuracy" if accuracy else "error rate"),
-                "higher_is_better": accuracy, "fraction": key[1], "seed": key[2],
+                "task": task, "metric": spec.metric if spec else EXTRA_METRICS.get(task, KIND_METRICS[kind]),
+                "higher_is_better": kind != "rate", "fraction": key[1], "seed": key[2],
                 "model": run.name, "reference": ref.name, "n": res.n,
                 "score": iv_m.as_dict(), "reference_score": iv_r.as_dict(),
                 "diff": res.diff, "ci_low": res.ci_low, "ci_high": res.ci_high,
@@ -161,8 +166,9 @@ def compare_markdown(report: dict) -> str:
     lines = [
         f"# Paired comparison against {ref}", "",
         f"Each row: a model minus the reference `{ref}` on the same test items. Accuracy: the difference with a "
-        "95 % paired bootstrap interval, p from the exact McNemar test; PER / WER: the paired utterance-level "
-        f"bootstrap (difference, interval, p). Holm-adjusted p over the {len(report['rows'])} rows of the table; "
+        "95 % paired bootstrap interval, p from the exact McNemar test; PER / WER / DER: the paired utterance-level "
+        "bootstrap (difference, interval, p); slot-type F1 / MTWV: the paired bootstrap over utterances / queries."
+        f" Holm-adjusted p over the {len(report['rows'])} rows of the table; "
         f"`{NOT_SIGNIFICANT}` marks a difference not significant at alpha = {report['alpha']:g} after adjustment "
         "(the test set cannot tell the two models apart). Scores: value [95 % CI], n = test items.", "",
         "| task | fraction | seed | model | model score | reference score | difference [95 % CI] | test | p | Holm p | |",

@@ -314,7 +314,14 @@ def predict(model: ProbeModel, split: _Split, spec: TaskSpec, labels: Labels, de
     """Per-item results of ``model`` on ``split``, in the split's order: one dict per cut with
     ``id``, ``reference``, ``hypothesis`` and either ``correct`` (accuracy tasks) or ``errors`` and
     ``ref_length`` (edit distance and reference length in tokens: phones for PR, words for ASR).
-    These are what paired tests between models need (:mod:`s3kit.eval.stats`)."""
+    These are what paired tests between models need (:mod:`s3kit.eval.stats`).
+
+    The tasks of :mod:`s3kit.eval.tasks` write items of the same shape, one kind per task
+    (:func:`item_kind`): ENV / MUS ``correct`` per clip; SD ``errors`` (missed + false alarm +
+    confusion seconds) and ``ref_length`` (reference speech seconds) per recording, so DER is
+    their ratio of sums; SF ``tp`` / ``fp`` / ``fn`` of the slot-type sets per utterance (plus
+    ``value_errors`` / ``value_chars`` for slot-value CER); QbE per query its ``scores`` over
+    the documents, the ``targets`` (indices of the true documents) and the MTWV cost ``beta``."""
     was = model.training
     model.eval()
     preds, hyps = [], []
@@ -348,13 +355,40 @@ def predict(model: ProbeModel, split: _Split, spec: TaskSpec, labels: Labels, de
     return items
 
 
-def score_items(items: list[dict]) -> float:
-    """The task metric from per-item results: accuracy, or the corpus error rate (summed edits /
-    summed reference length, as s3prl's ``downstream/ctc/metric.py``)."""
+def item_kind(items: list[dict]) -> str:
+    """What per-item results hold, from the first item's keys: ``accuracy`` (``correct``),
+    ``rate`` (``errors`` / ``ref_length``: PER, WER, SD's DER), ``f1`` (``tp`` / ``fp`` / ``fn``:
+    SF's slot-type F1) or ``detection`` (``scores`` / ``targets``: QbE's MTWV)."""
     if not items:
-        raise ValueError("score_items: no items")
-    if "correct" in items[0]:
+        raise ValueError("per-item results: no items")
+    first = items[0]
+    if "correct" in first:
+        return "accuracy"
+    if "scores" in first and "targets" in first:
+        return "detection"
+    if {"tp", "fp", "fn"} <= first.keys():
+        return "f1"
+    if "errors" in first and "ref_length" in first:
+        return "rate"
+    raise ValueError(f"per-item result {first.get('id')!r} has none of correct / errors + ref_length / tp + fp + fn / "
+                     f"scores + targets (keys: {sorted(first)})")
+
+
+def score_items(items: list[dict]) -> float:
+    """The task metric from per-item results: accuracy, the corpus error rate (summed edits /
+    summed reference length, as s3prl's ``downstream/ctc/metric.py``; SD: DER), SF's slot-type
+    F1 (mean over utterances) or QbE's MTWV (:func:`item_kind`)."""
+    kind = item_kind(items)
+    if kind == "accuracy":
         return sum(bool(i["correct"]) for i in items) / len(items)
+    if kind == "f1":
+        from s3kit.eval.tasks.sf import utterance_f1
+
+        return float(utterance_f1(items).mean())
+    if kind == "detection":
+        from s3kit.eval.tasks.qbe import mtwv_items
+
+        return mtwv_items(items)
     total = sum(i["ref_length"] for i in items)
     if total == 0:
         raise ValueError("score_items: references are all empty")
@@ -363,11 +397,21 @@ def score_items(items: list[dict]) -> float:
 
 def score_interval(items: list[dict], seed: int = 0):
     """The metric with its 95 % interval (:class:`s3kit.eval.stats.Interval`): Wilson for
-    accuracies, an utterance-level bootstrap for corpus error rates."""
+    accuracies, an utterance-level bootstrap for corpus error rates (and SD's DER), a bootstrap
+    over utterances for SF's F1 and over queries for QbE's MTWV."""
     from s3kit.eval import stats
 
-    if "correct" in items[0]:
+    kind = item_kind(items)
+    if kind == "accuracy":
         return stats.accuracy_interval([bool(i["correct"]) for i in items])
+    if kind == "f1":
+        from s3kit.eval.tasks.sf import f1_interval
+
+        return f1_interval(items, seed=seed)
+    if kind == "detection":
+        from s3kit.eval.tasks.qbe import mtwv_interval
+
+        return mtwv_interval(items, seed=seed)
     return stats.bootstrap_rate([i["errors"] for i in items], [i["ref_length"] for i in items], seed=seed)
 
 
@@ -375,8 +419,9 @@ def compare_items(items_a: list[dict], items_b: list[dict], seed: int = 0):
     """System A minus system B on the same test items (:class:`s3kit.eval.stats.PairedBootstrap`).
 
     Accuracies: the difference with a paired bootstrap interval and the exact McNemar p;
-    error rates: the paired utterance-level bootstrap (difference, interval, p). Raises when the
-    two runs were not scored on the same items, naming the first mismatch."""
+    error rates (and DER): the paired utterance-level bootstrap (difference, interval, p); SF's
+    F1 and QbE's MTWV: the paired bootstrap over utterances / queries. Raises when the two runs
+    were not scored on the same items, naming the first mismatch."""
     from s3kit.eval import stats
 
     ids_a, ids_b = [i["id"] for i in items_a], [i["id"] for i in items_b]
@@ -385,13 +430,24 @@ def compare_items(items_a: list[dict], items_b: list[dict], seed: int = 0):
             raise ValueError(f"compare: the runs have {len(ids_a)} and {len(ids_b)} test items; need the same test set")
         k = next(k for k, (a, b) in enumerate(zip(ids_a, ids_b)) if a != b)
         raise ValueError(f"compare: test item {k} differs ({ids_a[k]!r} vs {ids_b[k]!r}); need the same test set")
-    if "correct" in items_a[0]:
+    kind = item_kind(items_a)
+    if item_kind(items_b) != kind:
+        raise ValueError(f"compare: the runs hold different kinds of results ({kind} vs {item_kind(items_b)})")
+    if kind == "accuracy":
         a = [bool(i["correct"]) for i in items_a]
         b = [bool(i["correct"]) for i in items_b]
         boot = stats.paired_bootstrap([not x for x in a], [not x for x in b], [1] * len(a), seed=seed)
         # errors(A) - errors(B) = acc(B) - acc(A): flip to A minus B on accuracy
         return stats.PairedBootstrap(-boot.diff, -boot.ci_high, -boot.ci_low, stats.mcnemar_exact(a, b),
                                      boot.n, 1 - boot.rate_a, 1 - boot.rate_b)
+    if kind == "f1":
+        from s3kit.eval.tasks.sf import compare_f1
+
+        return compare_f1(items_a, items_b, seed=seed)
+    if kind == "detection":
+        from s3kit.eval.tasks.qbe import compare_mtwv
+
+        return compare_mtwv(items_a, items_b, seed=seed)
     return stats.paired_bootstrap([i["errors"] for i in items_a], [i["errors"] for i in items_b],
                                   [i["ref_length"] for i in items_a], seed=seed)
 

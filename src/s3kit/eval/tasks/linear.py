@@ -52,10 +52,11 @@ def run_linear_eval(upstream, task: str, train, dev, test, cfg: ProbeConfig = Pr
                     lin: LinearEvalConfig = LinearEvalConfig()):
     """Linear evaluation of the final layer's time-averaged features on ``sound_class``.
 
-    Returns a :class:`~s3kit.eval.tasks.common.TaskResult` (metric ``accuracy``)."""
+    Returns a :class:`~s3kit.eval.tasks.common.TaskResult` (metric ``accuracy`` with its Wilson
+    interval; ``predictions``: ``correct`` per test clip, as :func:`s3kit.eval.probe.predict`)."""
     from s3kit.data.manifest import get_label
     from s3kit.data.subsets import stratified_subset
-    from s3kit.eval import metrics
+    from s3kit.eval import metrics, stats
     from s3kit.eval.tasks.common import TaskResult, features, load_inputs
 
     upstream, cuts = load_inputs(upstream, {"train": train, "dev": dev, "test": test}, task)
@@ -113,9 +114,15 @@ def run_linear_eval(upstream, task: str, train, dev, test, cfg: ProbeConfig = Pr
         if cfg.max_updates is not None and update >= cfg.max_updates:
             break
     model.load_state_dict(best_state)
+    with torch.no_grad():
+        pred = model(x["test"]).argmax(1).tolist()
+    items = [{"id": c.id, "reference": classes[t], "hypothesis": classes[p], "correct": p == t}
+             for c, p, t in zip(cuts["test"], pred, y["test"].tolist())]
+    interval = stats.accuracy_interval([i["correct"] for i in items])
     return TaskResult(
-        task=task, upstream=upstream.name, metric="accuracy", higher_is_better=True, test=accuracy("test"), dev=best,
+        task=task, upstream=upstream.name, metric="accuracy", higher_is_better=True, test=interval.value, dev=best,
         updates_to_best=best_update, updates=update, lr=lr, fraction=cfg.fraction, seed=cfg.seed,
         num_train=n, layers=[layer], layer_weights=[1.0], curve=curve,
+        n=interval.n, ci_low=interval.ci_low, ci_high=interval.ci_high, predictions=items,
         extra={"classes": classes, "epochs": len(curve), "batch": batch, "pooling": "time mean, final layer"},
     )

@@ -159,8 +159,8 @@ def mtwv(scores, truth, p_target: float = QbEConfig.p_target, c_miss: float = Qb
     return float(twv[best]), float(cut_scores[best])
 
 
-def mean_average_precision(scores, truth) -> float:
-    """Mean over queries (with a true document) of the average precision of ranking documents by score."""
+def average_precisions(scores, truth) -> np.ndarray:
+    """``[Q']`` average precision of ranking the documents by score, per query with a true document."""
     s, t = _check(scores, truth)
     aps = []
     for row, rel in zip(s, t):
@@ -169,7 +169,13 @@ def mean_average_precision(scores, truth) -> float:
         hits = rel[np.argsort(-row, kind="stable")]
         ranks = np.flatnonzero(hits) + 1
         aps.append(float(np.mean(np.arange(1, len(ranks) + 1) / ranks)))
-    if not aps:
+    return np.asarray(aps, dtype=float)
+
+
+def mean_average_precision(scores, truth) -> float:
+    """Mean over queries (with a true document) of the average precision of ranking documents by score."""
+    aps = average_precisions(scores, truth)
+    if not aps.size:
         raise ValueError("mean_average_precision: no query has a true document")
     return float(np.mean(aps))
 
@@ -185,6 +191,131 @@ def equal_error_rate(scores, truth) -> float:
     fnr = 1.0 - tpr
     i = int(np.argmin(np.abs(fnr - fpr)))
     return float((fpr[i] + fnr[i]) / 2.0)
+
+
+# ----------------------------------------------------------------------------------- per query
+
+
+def query_items(query_ids: list[str], doc_ids: list[str], scores, truth, beta: float,
+                threshold: float = math.inf) -> list[dict]:
+    """Per-query results (the item format of :func:`s3kit.eval.probe.predict`): ``id``,
+    ``reference`` (the true documents' ids), ``hypothesis`` (the documents detected at
+    ``threshold``, the run's MTWV threshold), ``targets`` (indices of the true documents in the
+    document order), ``scores [N]`` over all documents and the MTWV cost ``beta``.
+
+    Scores are stored at float32 precision in their shortest decimal form: that keeps their order
+    and ties, so MTWV, MAP and EER from the items equal those of the scores.
+    """
+    s, t = _check(scores, truth)
+    if s.shape != (len(query_ids), len(doc_ids)):
+        raise ValueError(f"query_items: scores {s.shape} for {len(query_ids)} queries and {len(doc_ids)} documents")
+    items = []
+    for qid, row, rel in zip(query_ids, s, t):
+        targets = np.flatnonzero(rel)
+        detected = np.flatnonzero(row >= threshold) if math.isfinite(threshold) else []
+        items.append({"id": qid, "reference": " ".join(doc_ids[j] for j in targets),
+                      "hypothesis": " ".join(doc_ids[j] for j in detected), "targets": targets.tolist(),
+                      "scores": [float(x) for x in row.astype(np.float32).astype(str)], "beta": float(beta)})
+    return items
+
+
+def _item_arrays(items: list[dict]) -> tuple[np.ndarray, np.ndarray, float]:
+    """``scores [Q, N]``, ``truth [Q, N]`` and β of per-query items."""
+    if not items:
+        raise ValueError("QbE: no per-query items")
+    n = len(items[0]["scores"])
+    betas = {float(i["beta"]) for i in items}
+    if len(betas) > 1 or any(len(i["scores"]) != n for i in items):
+        raise ValueError("QbE items: every query needs scores over the same documents and one beta")
+    scores = np.array([i["scores"] for i in items], dtype=np.float64)
+    truth = np.zeros(scores.shape, dtype=bool)
+    for k, i in enumerate(items):
+        truth[k, i["targets"]] = True
+    return scores, truth, betas.pop()
+
+
+def twv_table(scores, truth, beta: float) -> np.ndarray:
+    """``[Q', J]`` each query's term-weighted value ``hits / N_true - β false alarms / (N - N_true)``
+    at each of the ``J`` distinct scores of true trials as threshold (detect where score >= θ),
+    for the ``Q'`` queries with a true document.
+
+    TWV over a set of queries is the mean of their rows, and its maximum over θ is MTWV: between
+    two true trials a lower threshold only adds false alarms, so the maximum lies at a true trial's
+    score (or at "detect nothing", 0). A bootstrap resample of queries is then a weighted mean of
+    rows, with no re-sorting of trials (:func:`mtwv_interval`).
+    """
+    s, t = _check(scores, truth)
+    keep = t.any(1)
+    if not keep.any():
+        raise ValueError("mtwv: no query has a true document")
+    s, t = s[keep], t[keep]
+    thresholds = np.unique(s[t])  # (J,)
+    n = s.shape[1]
+    table = np.empty((s.shape[0], thresholds.size))
+    for q, (row, rel) in enumerate(zip(s, t)):
+        pos, neg = np.sort(row[rel]), np.sort(row[~rel])
+        hits = pos.size - np.searchsorted(pos, thresholds, side="left")
+        fas = neg.size - np.searchsorted(neg, thresholds, side="left")
+        table[q] = hits / pos.size - beta * fas / max(n - pos.size, 1)
+    return table
+
+
+def _mtwv_of(table: np.ndarray, counts: np.ndarray) -> float:
+    """MTWV of the queries drawn ``counts [Q']`` times each (all once: the test set's MTWV)."""
+    return max(0.0, float((counts @ table).max() / counts.sum()))
+
+
+def mtwv_items(items: list[dict]) -> float:
+    """MTWV of per-query items (:func:`query_items`); equals :func:`mtwv` of their scores."""
+    scores, truth, beta = _item_arrays(items)
+    table = twv_table(scores, truth, beta)
+    return _mtwv_of(table, np.ones(table.shape[0]))
+
+
+def mtwv_interval(items: list[dict], seed: int = 0):
+    """MTWV with its 95 % bootstrap interval over the queries with a true document
+    (:func:`s3kit.eval.stats.bootstrap_stat`): each resample's MTWV is computed over the pooled
+    trials of the drawn queries, a query drawn twice counting twice. ``n``: those queries."""
+    from s3kit.eval import stats
+
+    scores, truth, beta = _item_arrays(items)
+    table = twv_table(scores, truth, beta)
+    size = table.shape[0]
+    return stats.bootstrap_stat(lambda idx: _mtwv_of(table, np.bincount(idx, minlength=size)), size, seed=seed)
+
+
+def map_interval(items: list[dict], seed: int = 0):
+    """MAP with its 95 % bootstrap interval over the queries with a true document (a mean, so
+    :func:`s3kit.eval.stats.bootstrap_rate` with denominator 1 per query)."""
+    from s3kit.eval import stats
+
+    scores, truth, _ = _item_arrays(items)
+    aps = average_precisions(scores, truth)
+    if not aps.size:
+        raise ValueError("MAP: no query has a true document")
+    return stats.bootstrap_rate(aps, np.ones_like(aps), seed=seed)
+
+
+def compare_mtwv(items_a: list[dict], items_b: list[dict], seed: int = 0):
+    """MTWV of system A minus B on the same queries and documents: the paired bootstrap over the
+    queries with a true document (:func:`s3kit.eval.stats.paired_bootstrap_stat`, one draw for
+    both systems)."""
+    from s3kit.eval import stats
+
+    sa, ta, beta_a = _item_arrays(items_a)
+    sb, tb, beta_b = _item_arrays(items_b)
+    if sa.shape != sb.shape or not np.array_equal(ta, tb):
+        raise ValueError("compare QbE: the runs differ in their documents or true documents; need the same test set")
+    if beta_a != beta_b:
+        raise ValueError(f"compare QbE: the runs were scored with different MTWV costs (beta {beta_a:g} vs {beta_b:g})")
+    table_a, table_b = twv_table(sa, ta, beta_a), twv_table(sb, tb, beta_b)
+    size = table_a.shape[0]
+
+    def statistic(idx):
+        counts = np.bincount(idx, minlength=size)
+        return _mtwv_of(table_a, counts), _mtwv_of(table_b, counts)
+
+    return stats.paired_bootstrap_stat(statistic, size, seed=seed)
 
 
 # ----------------------------------------------------------------------------------- task
@@ -222,8 +353,10 @@ def run_qbe(upstream, docs, dev_queries, test_queries, cfg: ProbeConfig = ProbeC
     Args:
         docs: CutSet / manifest of the searched documents (shared by dev and test, as QUESST).
         dev_queries, test_queries: query cuts, each with the ``qbe_hits`` label.
-    Returns a :class:`~s3kit.eval.tasks.common.TaskResult` (metric ``mtwv``; ``extra`` holds test
-    MAP / EER, per-layer dev numbers and the cost parameters).
+    Returns a :class:`~s3kit.eval.tasks.common.TaskResult` (metric ``mtwv`` with its bootstrap
+    interval over the test queries that have a true document, ``n`` of them; ``predictions``: the
+    per-query :func:`query_items`; ``extra`` holds test MAP with its interval, EER, per-layer dev
+    numbers and the cost parameters).
     """
     from s3kit.eval.tasks.common import TaskResult, features, layer_position, load_inputs
 
@@ -246,13 +379,19 @@ def run_qbe(upstream, docs, dev_queries, test_queries, cfg: ProbeConfig = ProbeC
         if fixed is None:
             del doc_cache[k]  # keep one layer of document frames in memory at a time
     best = max(candidates, key=lambda k: dev[k]["mtwv"])  # first (lowest) layer on ties
-    test = evaluate_layer(layer_feats("test", best), doc_cache.get(best) or layer_feats("docs", best), truth["test"], qbe)
+    test_scores = qbe_scores(layer_feats("test", best), doc_cache.get(best) or layer_feats("docs", best), qbe)
+    _, threshold = mtwv(test_scores, truth["test"], qbe.p_target, qbe.c_miss, qbe.c_fa)
+    items = query_items([c.id for c in cuts["test"]], doc_ids, test_scores, truth["test"], qbe.beta, threshold)
+    interval, map_iv = mtwv_interval(items, seed=cfg.seed), map_interval(items, seed=cfg.seed)
     weights = [1.0 if k == best else 0.0 for k in range(len(layers))]
     return TaskResult(
-        task="qbe", upstream=upstream.name, metric="mtwv", higher_is_better=True, test=test["mtwv"],
+        task="qbe", upstream=upstream.name, metric="mtwv", higher_is_better=True, test=interval.value,
         dev=dev[best]["mtwv"], updates_to_best=0, updates=0, lr=0.0, fraction=1.0, seed=cfg.seed,
         num_train=0, layers=layers, layer_weights=weights, curve=[],
-        extra={"layer": layers[best], "test_map": test["map"], "test_eer": test["eer"],
+        n=interval.n, ci_low=interval.ci_low, ci_high=interval.ci_high, predictions=items,
+        extra={"layer": layers[best], "test_map": map_iv.value, "test_map_ci": [map_iv.ci_low, map_iv.ci_high],
+               "test_eer": equal_error_rate(test_scores, truth["test"]),
+               "test_threshold": None if math.isinf(threshold) else threshold,
                "dev_by_layer": {str(layers[k]): dev[k] for k in candidates},
                "p_target": qbe.p_target, "c_miss": qbe.c_miss, "c_fa": qbe.c_fa, "beta": qbe.beta,
                "num_docs": len(doc_ids), "num_queries": {s: len(cuts[s]) for s in ("dev", "test")}},

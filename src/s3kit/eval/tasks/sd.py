@@ -164,6 +164,36 @@ def diarization_error_rate(refs: list, hyps: list, durations: list[float]) -> di
     return out
 
 
+def _turns_str(ann) -> str:
+    """``spk 0.10-1.00, ...`` (speaker, start-end seconds) of an annotation, in time order."""
+    return ", ".join(f"{label} {seg.start:.2f}-{seg.end:.2f}" for seg, _, label in ann.itertracks(yield_label=True))
+
+
+def diarization_items(ids: list[str], refs: list, hyps: list, durations: list[float]) -> list[dict]:
+    """Per-recording results (the item format of :func:`s3kit.eval.probe.predict`): ``id``,
+    ``reference`` / ``hypothesis`` turns, ``errors`` = missed + false alarm + confusion seconds
+    and ``ref_length`` = reference speech seconds (pyannote.metrics per recording, collar 0,
+    overlap scored, the whole recording as UEM), plus the three components. Summed errors over
+    summed ``ref_length`` is :func:`diarization_error_rate`'s corpus DER."""
+    import warnings
+
+    from pyannote.core import Segment, Timeline
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    metric = DiarizationErrorRate(collar=0.0, skip_overlap=False)
+    items = []
+    for cut_id, ref, hyp, dur in zip(ids, refs, hyps, durations):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c = metric(ref, hyp, uem=Timeline([Segment(0.0, dur)]), detailed=True)
+        parts = {k: float(c[k]) for k in ("missed detection", "false alarm", "confusion")}
+        items.append({"id": cut_id, "reference": _turns_str(ref), "hypothesis": _turns_str(hyp),
+                      "errors": sum(parts.values()), "ref_length": float(c["total"]),
+                      "missed": parts["missed detection"], "false_alarm": parts["false alarm"],
+                      "confusion": parts["confusion"]})
+    return items
+
+
 class _SDData:
     """Cached frames + activity labels of one split."""
 
@@ -194,16 +224,20 @@ def sd_probabilities(model: SDHead, data: _SDData, device, batch_size: int = 8) 
     return out
 
 
+def _hyps(probs: list[np.ndarray], data: _SDData, threshold: float, median: int) -> list:
+    return [activity_to_annotation(decisions(p, threshold, median), data.rate, c.id) for p, c in zip(probs, data.cuts)]
+
+
 def score(probs: list[np.ndarray], data: _SDData, threshold: float, median: int) -> dict:
-    hyps = [activity_to_annotation(decisions(p, threshold, median), data.rate, c.id) for p, c in zip(probs, data.cuts)]
-    return diarization_error_rate(data.refs, hyps, [c.duration for c in data.cuts])
+    return diarization_error_rate(data.refs, _hyps(probs, data, threshold, median), [c.duration for c in data.cuts])
 
 
 def run_sd(upstream, train, dev, test, cfg: ProbeConfig = ProbeConfig(), sd: SDConfig = SDConfig()):
     """Train the SD probe on ``train``, keep the lowest-dev-DER checkpoint, pick threshold and
     median filter on dev, score test. Cuts carry one supervision per speaker turn (``speaker``
-    set). Returns a :class:`~s3kit.eval.tasks.common.TaskResult` (metric ``der``, lower is better;
-    ``extra``: the chosen threshold / median, dev grid, test DER components)."""
+    set). Returns a :class:`~s3kit.eval.tasks.common.TaskResult` (metric ``der``, lower is better,
+    with its recording-level bootstrap interval and the per-recording :func:`diarization_items`
+    as ``predictions``; ``extra``: the chosen threshold / median, dev grid, test DER components)."""
     from s3kit.data.subsets import stratified_subset
     from s3kit.eval.probe import _device
     from s3kit.eval.tasks.common import TaskResult, features, frame_batch, layer_position, load_inputs, train_loop
@@ -241,12 +275,18 @@ def run_sd(upstream, train, dev, test, cfg: ProbeConfig = ProbeConfig(), sd: SDC
     dev_probs = sd_probabilities(model, data["dev"], device)
     grid = {(t, m): score(dev_probs, data["dev"], t, m)["der"] for t in sd.thresholds for m in sd.median_filters}
     (threshold, median), dev_der = min(grid.items(), key=lambda kv: kv[1])  # first on ties
-    test = score(sd_probabilities(model, data["test"], device), data["test"], threshold, median)
+    test_probs = sd_probabilities(model, data["test"], device)
+    test = score(test_probs, data["test"], threshold, median)
+    te = data["test"]
+    items = diarization_items(te.ids, te.refs, _hyps(test_probs, te, threshold, median), [c.duration for c in te.cuts])
+    from s3kit.eval.stats import bootstrap_rate
+
+    interval = bootstrap_rate([i["errors"] for i in items], [i["ref_length"] for i in items], seed=cfg.seed)
     return TaskResult(
         task="sd", upstream=upstream.name, metric="der", higher_is_better=False, test=test["der"], dev=dev_der,
         updates_to_best=best_update, updates=updates, lr=lr, fraction=cfg.fraction, seed=cfg.seed,
         num_train=len(cuts["train"]), layers=layers, layer_weights=model.featurizer.normalized().detach().cpu().tolist(),
-        curve=curve,
+        curve=curve, n=interval.n, ci_low=interval.ci_low, ci_high=interval.ci_high, predictions=items,
         extra={"threshold": threshold, "median": median, "picked_on": "dev",
                "dev_grid": [{"threshold": t, "median": m, "der": v} for (t, m), v in grid.items()],
                "test_components": {k: v for k, v in test.items() if k != "der"}, "frame_rate": data["test"].rate},

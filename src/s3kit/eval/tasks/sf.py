@@ -120,6 +120,72 @@ def slot_value_cer(refs: list[list[tuple[str, str]]], hyps: list[list[tuple[str,
     return edits / chars
 
 
+def _slots_str(slots: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{t}={v}" for t, v in slots)
+
+
+def slot_items(ids: list[str], refs: list[list[tuple[str, str]]], hyps: list[list[tuple[str, str]]]) -> list[dict]:
+    """Per-utterance results (the item format of :func:`s3kit.eval.probe.predict`): ``id``,
+    ``reference`` / ``hypothesis`` (``type=value; ...``), ``tp`` / ``fp`` / ``fn`` of the sets
+    of slot types (what :func:`slot_type_f1` scores), and ``value_errors`` / ``value_chars``:
+    the character edits and reference characters of the slot values (what :func:`slot_value_cer`
+    sums)."""
+    from s3kit.eval.metrics import edit_distance
+
+    if not (len(ids) == len(refs) == len(hyps)):
+        raise ValueError(f"slot_items: {len(ids)} ids, {len(refs)} references, {len(hyps)} hypotheses")
+    items = []
+    for cut_id, r, h in zip(ids, refs, hyps):
+        rs, hs = {t for t, _ in r}, {t for t, _ in h}
+        edits = sum(min(edit_distance(value, v) for v in ([v for t, v in h if t == typ] or [""])) for typ, value in r)
+        items.append({"id": cut_id, "reference": _slots_str(r), "hypothesis": _slots_str(h),
+                      "tp": len(rs & hs), "fp": len(hs - rs), "fn": len(rs - hs),
+                      "value_errors": int(edits), "value_chars": sum(len(v) for _, v in r)})
+    return items
+
+
+def utterance_f1(items: list[dict]):
+    """``[N]`` slot-type F1 per utterance from its ``tp`` / ``fp`` / ``fn``: ``2 tp / (2 tp + fp +
+    fn)``, 1 where reference and hypothesis both have no slot (s3prl's per-utterance F1; their
+    mean is :func:`slot_type_f1`)."""
+    import numpy as np
+
+    tp, fp, fn = (np.array([i[k] for i in items], dtype=float) for k in ("tp", "fp", "fn"))
+    denom = 2 * tp + fp + fn
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)
+
+
+def f1_interval(items: list[dict], seed: int = 0, n_bootstrap: int | None = None):
+    """Slot-type F1 (mean over utterances) with its 95 % bootstrap interval over utterances
+    (:class:`s3kit.eval.stats.Interval`). The statistic is a mean, so the resampled means are a
+    ratio of sums with denominator 1 per utterance (:func:`s3kit.eval.stats.bootstrap_rate`,
+    vectorised; the same draws as ``bootstrap_stat`` of the mean)."""
+    from s3kit.eval import stats
+
+    f1 = utterance_f1(items)
+    return stats.bootstrap_rate(f1, [1.0] * len(f1), n_bootstrap=n_bootstrap or stats.N_BOOTSTRAP, seed=seed)
+
+
+def compare_f1(items_a: list[dict], items_b: list[dict], seed: int = 0):
+    """Slot-type F1 of A minus B on the same utterances: the paired bootstrap over utterances
+    (:class:`s3kit.eval.stats.PairedBootstrap`: difference, interval, p)."""
+    from s3kit.eval import stats
+
+    fa, fb = utterance_f1(items_a), utterance_f1(items_b)
+    return stats.paired_bootstrap(fa, fb, [1.0] * len(fa), seed=seed)
+
+
+def value_cer_interval(items: list[dict], seed: int = 0):
+    """Slot-value CER (summed ``value_errors`` / summed ``value_chars``) with its utterance-level
+    bootstrap interval; None when the references have no slot values."""
+    from s3kit.eval import stats
+
+    chars = [i["value_chars"] for i in items]
+    if sum(chars) == 0:
+        return None
+    return stats.bootstrap_rate([i["value_errors"] for i in items], chars, seed=seed)
+
+
 def spec_augment(x: Tensor, lengths: Tensor, cfg: SFConfig, gen: torch.Generator) -> Tensor:
     """Zero ``cfg.freq_masks`` feature bands and ``cfg.time_masks`` frame spans per item of
     ``x [B, T, D]`` (a copy)."""
@@ -162,8 +228,9 @@ def _words_tags(cut) -> tuple[list[str], list[str]]:
 
 def run_sf(upstream, train, dev, test, cfg: ProbeConfig = ProbeConfig(), sf: SFConfig = SFConfig()):
     """Train the SF probe, keep the best dev slot-type F1, score test. Cuts carry ``text`` and
-    ``slots``. Returns a :class:`~s3kit.eval.tasks.common.TaskResult` (metric ``slot_type_f1``;
-    ``extra``: dev / test slot-value CER)."""
+    ``slots``. Returns a :class:`~s3kit.eval.tasks.common.TaskResult` (metric ``slot_type_f1``
+    with its bootstrap interval over utterances and the per-utterance :func:`slot_items` as
+    ``predictions``; ``extra``: dev / test slot-value CER, the test one with its interval)."""
     from s3kit.data.subsets import stratified_subset
     from s3kit.eval.heads import BLSTMCTCHead, ProbeModel, WeightedSum, ctc_loss
     from s3kit.eval.probe import _device
@@ -206,11 +273,16 @@ def run_sf(upstream, train, dev, test, cfg: ProbeConfig = ProbeConfig(), sf: SFC
         cfg.max_updates or SF_UPDATES, cfg.eval_every or SF_EVAL_EVERY, higher_is_better=True, desc=f"probe sf lr={lr:g}")
     with torch.no_grad():
         dev_h, test_h = decode("dev"), decode("test")
+    items = slot_items(ids["test"], refs["test"], test_h)
+    interval = f1_interval(items, seed=cfg.seed)
+    cer = value_cer_interval(items, seed=cfg.seed)
     return TaskResult(
         task="sf", upstream=upstream.name, metric="slot_type_f1", higher_is_better=True,
-        test=slot_type_f1(refs["test"], test_h), dev=slot_type_f1(refs["dev"], dev_h), updates_to_best=best_update,
+        test=interval.value, dev=slot_type_f1(refs["dev"], dev_h), updates_to_best=best_update,
         updates=updates, lr=lr, fraction=cfg.fraction, seed=cfg.seed, num_train=len(ids["train"]), layers=layers,
         layer_weights=model.featurizer.normalized().detach().cpu().tolist(), curve=curve,
+        n=interval.n, ci_low=interval.ci_low, ci_high=interval.ci_high, predictions=items,
         extra={"test_slot_value_cer": slot_value_cer(refs["test"], test_h),
+               "test_slot_value_cer_ci": None if cer is None else [cer.ci_low, cer.ci_high],
                "dev_slot_value_cer": slot_value_cer(refs["dev"], dev_h), "vocabulary": vocab},
     )
