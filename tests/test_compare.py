@@ -7,7 +7,9 @@ import pytest
 
 from s3kit.cli import main
 from s3kit.data.manifest import save_cuts
-from tests.test_probe import one_thread, tone_splits  # noqa: F401  (fixture: one torch thread)
+from tests.test_probe import tone_splits
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -5,25 +5,15 @@ DVCC teacher codebook, and its codes are in use (not collapsed)."""
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import s3kit
 from s3kit.methods.dvcc import load_teacher
+from s3kit.testing import speechlike
 from s3kit.upstream import load_upstream
 
 ASSETS = Path(s3kit.__file__).resolve().parent / "assets"
 ASSET = ASSETS / "demo_codebook_teacher"
-
-
-def _speechlike(seconds: float = 1.5, seed: int = 0) -> torch.Tensor:
-    """A harmonic sweep with a syllable-rate envelope: frames differ, so codes should too."""
-    t = np.arange(int(16000 * seconds)) / 16000
-    f0 = 120 + 60 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / 16000
-    wav = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))
-    wav += 0.01 * np.random.default_rng(seed).standard_normal(t.size)
-    return torch.from_numpy((0.3 * wav / np.abs(wav).max()).astype(np.float32))
 
 
 def test_asset_is_small_and_names_the_shipped_teacher():
@@ -37,7 +27,7 @@ def test_asset_is_small_and_names_the_shipped_teacher():
 def test_loads_as_teacher_and_codebook_with_codes_in_use():
     up = load_upstream(str(ASSET))  # the rows without the codebook distil the MelHuBERT teacher itself
     ref = load_upstream(str(ASSETS / "demo_teacher"))
-    wav = _speechlike()[None]
+    wav = torch.from_numpy(speechlike())[None]
     lengths = torch.tensor([wav.shape[1]])
     with torch.no_grad():
         torch.testing.assert_close(up(wav, lengths).states[-1], ref(wav, lengths).states[-1])

@@ -3,24 +3,14 @@ upstream and as the DVCC teacher codebook, and its codebook is not collapsed."""
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import s3kit
 from s3kit.methods.dvcc import load_teacher
+from s3kit.testing import speechlike
 from s3kit.upstream import load_upstream
 
 ASSET = Path(s3kit.__file__).resolve().parent / "assets" / "demo_w2v2_teacher"
-
-
-def _speechlike(seconds: float = 1.5, seed: int = 0) -> torch.Tensor:
-    """A harmonic sweep with a syllable-rate envelope: frames differ, so codes should too."""
-    t = np.arange(int(16000 * seconds)) / 16000
-    f0 = 120 + 60 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / 16000
-    wav = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))
-    wav += 0.01 * np.random.default_rng(seed).standard_normal(t.size)
-    return torch.from_numpy((0.3 * wav / np.abs(wav).max()).astype(np.float32))
 
 
 def test_asset_is_small_and_complete():
@@ -33,7 +23,7 @@ def test_loads_as_upstream_and_teacher_codebook():
     torch.manual_seed(0)
     up = load_upstream(str(ASSET))
     assert up.num_layers == 5 and up.hidden_sizes[-1] == 192 and up.frame_rate == 50.0
-    wav = _speechlike()[None]
+    wav = torch.from_numpy(speechlike())[None]
     lengths = torch.tensor([wav.shape[1]])
     with torch.no_grad():
         hidden = up(wav, lengths)

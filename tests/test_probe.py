@@ -66,13 +66,8 @@ def phone_splits(root: Path, sizes=(48, 8, 8), seed=0):
     return out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny probes on a shared 2-core box: intra-op threads only add contention (4 s vs 12 s for the ASR test)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# tiny probes on a shared 2-core box: intra-op threads only add contention (4 s vs 12 s for the ASR test)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch
 
 from s3kit.data.loader import AudioDataset
 from s3kit.methods import rewire as rw
-from s3kit.testing import tiny_hf_dir, tone_cuts
+from tests.test_rewire import mixed_rewire
 
 
 def _cos(u, v):
@@ -38,15 +38,8 @@ def test_an_anchor_skips_the_other_view_of_its_own_utterance():
 
 
 def _mixed(tmp_path, **kw):
-    from s3kit.upstream import load_upstream
-
-    up = load_upstream(tiny_hf_dir(tmp_path / "m"))
-    cuts = list(tone_cuts(tmp_path / "c", n=4, classes=4, seconds=(0.4, 0.6)))
-    renders = list(tone_cuts(tmp_path / "n", n=4, seed=3, seconds=(0.4, 0.6)))
-    for r, c in zip(renders, cuts):
-        r.supervisions[0].custom["neutral_of"] = c.id
-    bank = rw.NeutralBank(renders, cache=tmp_path / "cache", tts=False)
-    return rw.Rewire(up, rw.RewireConfig(mode="mixed", **kw), bank), AudioDataset()[cuts]
+    method, cuts = mixed_rewire(tmp_path, **kw)
+    return method, AudioDataset()[cuts]
 
 
 def test_union_encodes_both_views_of_every_utterance(tmp_path):

@@ -103,6 +103,14 @@ def _voices(seed: int, engines) -> list[tts.Voice]:
     return tts.make_voices(seed, tuple(engines))
 
 
+def _split_voices(seed: int, engines, dev_speakers: int, test_speakers: int) -> dict[str, list[tts.Voice]]:
+    """``{split: voices}``, speaker-disjoint (:func:`s3kit.data.synth.assign_splits`), in voice order."""
+    voices = _voices(seed, engines)
+    split_of = assign_splits(voices, SynthConfig(seed=seed, dev_speakers=dev_speakers, test_speakers=test_speakers,
+                                                 engines=tuple(engines)))
+    return {split: [v for v in voices if split_of[v.speaker] == split] for split in SPLITS}
+
+
 # --------------------------------------------------------------------------- QbE
 def synthesize_qbe(out: str | Path, seed: int = 0, terms_per_split: int = 4, docs_per_term: int = 2,
                    negative_docs: int = 8, query_voices: int = 3, engines=("espeak",), force: bool = False,
@@ -209,12 +217,10 @@ def synthesize_sd(out: str | Path, seed: int = 0, mixtures: tuple[int, int, int]
     names = [f"sd_{s}" for s in SPLITS]
     if (done := _done(out, config, names, force)) is not None:
         return done
-    voices = _voices(seed, engines)
-    split_of = assign_splits(voices, SynthConfig(seed=seed, dev_speakers=dev_speakers, test_speakers=test_speakers,
-                                                 engines=tuple(engines)))
+    pools = _split_voices(seed, engines, dev_speakers, test_speakers)
     cuts_by = {}
     for k, (split, count) in enumerate(zip(SPLITS, mixtures)):
-        pool = [v for v in voices if split_of[v.speaker] == split]
+        pool = pools[split]
         cuts = []
         for i in range(count):
             r = np.random.default_rng([seed, 21, k, i])
@@ -266,13 +272,11 @@ def synthesize_style(out: str | Path, seed: int = 0, per_split: tuple[int, int, 
     names = [f"style_{s}" for s in SPLITS]
     if (done := _done(out, config, names, force)) is not None:
         return done
-    voices = _voices(seed, engines)
-    split_of = assign_splits(voices, SynthConfig(seed=seed, dev_speakers=dev_speakers, test_speakers=test_speakers,
-                                                 engines=tuple(engines)))
+    pools = _split_voices(seed, engines, dev_speakers, test_speakers)
     names_ = list(STYLES)
     cuts_by = {}
     for k, (split, count) in enumerate(zip(SPLITS, per_split)):
-        pool = [v for v in voices if split_of[v.speaker] == split]
+        pool = pools[split]
         cuts = []
         for i in range(count):
             r = np.random.default_rng([seed, 22, k, i])
@@ -463,12 +467,10 @@ def synthesize_slots(out: str | Path, seed: int = 0, per_split: tuple[int, int, 
     names = [f"sf_{s}" for s in SPLITS]
     if (done := _done(out, config, names, force)) is not None:
         return done
-    voices = _voices(seed, engines)
-    split_of = assign_splits(voices, SynthConfig(seed=seed, dev_speakers=dev_speakers, test_speakers=test_speakers,
-                                                 engines=tuple(engines)))
+    pools = _split_voices(seed, engines, dev_speakers, test_speakers)
     cuts_by = {}
     for k, (split, count) in enumerate(zip(SPLITS, per_split)):
-        pool = [v for v in voices if split_of[v.speaker] == split]
+        pool = pools[split]
         cuts = []
         for i in range(count):
             r = np.random.default_rng([seed, 24, k, i])
