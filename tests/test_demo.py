@@ -115,20 +115,24 @@ def test_rewiring_stage_writes_a_report_section(tmp_path):
     models = {"teacher": {"upstream": "fbank"}, "rewired": {"upstream": "mfcc"}}
     out = stage_rewiring(tmp_path, cfg, data, models)
     section = json.loads((tmp_path / "sections" / "rewiring.json").read_text())
-    geometry, table = section["tables"]
+    geometry, table, comparison = section["tables"]
     assert [r[0] for r in geometry["rows"]] == ["teacher", "rewired"]
     assert len(table["rows"]) == 2 * len(DEMO_FRACTIONS)
-    assert [r[2] for r in table["rows"]][::2] == [str(round(f * 40)) for f in DEMO_FRACTIONS]
+    assert [r[3] for r in table["rows"]][::2] == [str(round(f * 40)) for f in DEMO_FRACTIONS]
     # two tone classes 300 Hz apart: the full training set gives a probe far above chance
-    full = [float(r[3]) for r in table["rows"] if r[0] == "100%"]
+    full = [float(r[4].split()[0]) / 100 for r in table["rows"] if r[0] == "100%"]
     assert min(full) > 0.8, full
+    assert all(f"{cfg.probe_seeds} seeds" in r[4] and "[" in r[4] for r in table["rows"])
+    # rewired minus teacher at every fraction, with its paired test and Holm p
+    assert [r[0] for r in comparison["rows"]] == [f"{f:.0%}" for f in DEMO_FRACTIONS]
+    assert all(r[2] == "rewired − teacher" for r in comparison["rows"])
     assert out["geometry"]["teacher"]["log10_isotropy"] <= 0
     for plot in section["plots"]:
         assert not plot["file"].startswith("/") and (tmp_path / plot["file"]).exists()
     (tmp_path / "models" / "teacher").mkdir(parents=True)
     (tmp_path / "models" / "teacher" / "card.json").write_text(json.dumps({"name": "teacher"}))
     text = build_report(tmp_path).read_text()
-    assert "Low-resource KS" in text and text.count("section0_tsne_") == 2
+    assert "Low-resource probes" in text and text.count("section0_tsne_") == 2
 
 
 @pytest.fixture(scope="module")
