@@ -75,12 +75,14 @@ def test_several_seeds_t_interval_and_pooled_paired_test():
     b = s["base"]
     sd = math.sqrt(((0.4 - 0.5) ** 2 + (0.6 - 0.5) ** 2) / 1)
     assert b["test"] == pytest.approx(0.5) and b["test_std"] == pytest.approx(sd) and b["interval"] == "seeds"
-    assert b["ci_low"] == pytest.approx(0.5 - T1 * sd / math.sqrt(2))
-    assert b["ci_high"] == pytest.approx(0.5 + T1 * sd / math.sqrt(2))
-    assert lowres.score_cell(b) == "50.00 [-77.06, 177.06], 2 seeds"
+    # the t interval 0.5 ± T1 * sd / sqrt(2) = [-0.77, 1.77], clipped to an accuracy's range [0, 1]
+    assert 0.5 - T1 * sd / math.sqrt(2) < 0 and b["ci_low"] == 0.0
+    assert 0.5 + T1 * sd / math.sqrt(2) > 1 and b["ci_high"] == 1.0
+    assert lowres.score_cell(b) == "50.00 [0.00, 100.00], 2 seeds"
     assert [p["seed"] for p in b["per_seed"]] == [0, 1] and b["per_seed"][1]["n"] == 10
     assert b["per_seed"][0]["ci_low"] == pytest.approx(_wilson(4, 10)[0])
-    assert b["updates_to_best"] == 150 and b["updates_to_best_ci_low"] == pytest.approx(150 - T1 * 50)
+    assert b["updates_to_best"] == 150 and b["updates_to_best_ci_low"] == 0.0  # 150 - T1 * 50 < 0, clipped
+    assert b["updates_to_best_ci_high"] == pytest.approx(150 + T1 * 50)
     (c,) = lowres.compare_low_resource(rows)
     assert c["diff"] == pytest.approx(0.9 - 0.5) and c["seeds"] == [0, 1] and "2 seeds pooled" in c["test"]
     assert c["ci_low"] > 0 and c["p"] < 0.05 and c["significant"]

@@ -192,9 +192,10 @@ def test_fraction_and_lr_sweep(tones, tmp_path):
     assert result.dev == max(s["dev"] for s in result.sweep)
     assert "| ks |" in results_table([result])
     other = dataclasses.replace(result, seed=1, test=result.test - 0.1)
-    # two seeds: mean, and mean ± t_{0.975, 1} * sd / sqrt(2) with sd = 0.1 / sqrt(2), i.e. ± 12.706 * 0.05
+    # two seeds: mean, and mean ± t_{0.975, 1} * sd / sqrt(2) with sd = 0.1 / sqrt(2), i.e. ± 12.706 * 0.05,
+    # clipped to an accuracy's range [0, 1]
     mean = result.test - 0.05
-    row = f"| ks | mfcc | 0.25 | {mean:.3f} [{mean - 0.6353:.3f}, {mean + 0.6353:.3f}], 2 seeds |"
+    row = f"| ks | mfcc | 0.25 | {mean:.3f} [{max(0, mean - 0.6353):.3f}, {min(1, mean + 0.6353):.3f}], 2 seeds |"
     assert row in summary_table([result, other])
 
 

@@ -231,7 +231,7 @@ def test_table2_layout_matches_the_paper():
     md = rw.table2(rows).splitlines()
     assert md[0] == "| Tr. | Model | KS accuracy ↑ [95 % CI] | ⌚ |"
     # two seeds: mean [t interval], 0.85 ± t_{.975,1} 0.0707 / sqrt 2 = 0.85 ± 0.635
-    assert md[2] == "| 1% | base | 85.00 [21.47, 148.53], 2 seeds | 9.2k [9.2k, 9.2k] |"
+    assert md[2] == "| 1% | base | 85.00 [21.47, 100.00], 2 seeds | 9.2k [9.2k, 9.2k] |"  # t interval clipped at 100 %
     assert md[3] == "| 1% | twin | 86.00 [86.00, 86.00], 2 seeds | 2k [2k, 2k] |"
     # one seed without per-item results: no interval to give, and it says so
     assert md[5] == "| 5% | twin | 94.00 [n.a.], 1 seed | 3.75k |"

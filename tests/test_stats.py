@@ -133,3 +133,16 @@ def test_detectable_difference_shrinks_with_n():
     assert d38 == pytest.approx(z * math.sqrt(2 * 0.8 * 0.2 / 38))
     assert d400 < d38 / 3
     assert detectable_difference(100, discordant=0.1) == pytest.approx(z * math.sqrt(0.001))
+
+
+def test_seed_interval_is_clipped_to_the_metric_range():
+    from s3kit.eval.stats import metric_bounds
+
+    free = seed_summary([0.2, 0.9])  # two seeds: mean 0.55 ± 12.7 * 0.495 / sqrt(2)
+    assert free.ci_low < 0 and free.ci_high > 1
+    clipped = seed_summary([0.2, 0.9], bounds=metric_bounds("accuracy"))
+    assert (clipped.ci_low, clipped.ci_high) == (0.0, 1.0) and clipped.mean == free.mean
+    per = seed_summary([0.01, 0.5], bounds=metric_bounds("per"))
+    half = st.t.ppf(0.975, 1) * np.std([0.01, 0.5], ddof=1) / math.sqrt(2)
+    assert per.ci_low == 0.0 and per.ci_high == pytest.approx(0.255 + half)
+    assert metric_bounds("something-else") is None

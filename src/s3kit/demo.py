@@ -289,7 +289,7 @@ def summarise_seeds(results: list, lines: list[dict], seed: int = 0) -> dict:
 
     _, values, weights = item_values(lines)
     items = stats.bootstrap_rate(values, weights, seed=seed)
-    over = stats.seed_summary([r.test for r in results])
+    over = stats.seed_summary([r.test for r in results], bounds=stats.metric_bounds(results[0].metric))
     first = results[0]
     return {"metric": first.metric, "score": over.mean, "n": items.n, "ci_low": items.ci_low, "ci_high": items.ci_high,
             "seeds": len(results), "seed_sd": over.sd, "seed_ci_low": over.ci_low, "seed_ci_high": over.ci_high,

@@ -105,7 +105,7 @@ def summarise_low_resource(rows: list[dict], predictions=None) -> list[dict]:
     (``interval="items"``: Wilson / utterance bootstrap; None when neither the row nor per-item
     results give it). ``per_seed``: each seed's score with its own interval. ``test_std`` is the
     sample sd over seeds (None for one seed)."""
-    from s3kit.eval.stats import seed_summary
+    from s3kit.eval.stats import metric_bounds, seed_summary
 
     by_run = items_by_run(rows, predictions)
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -121,8 +121,8 @@ def summarise_low_resource(rows: list[dict], predictions=None) -> list[dict]:
                 for r in sel:
                     lo, hi, n = _run_interval(r, by_run.get(_key(fraction, model, task, r["seed"])))
                     per_seed.append({"seed": r["seed"], "test": float(r["test"]), "ci_low": lo, "ci_high": hi, "n": n})
-                test = seed_summary([r["test"] for r in sel])
-                upd = seed_summary([r["updates_to_best"] for r in sel])
+                test = seed_summary([r["test"] for r in sel], bounds=metric_bounds(sel[0]["metric"]))
+                upd = seed_summary([r["updates_to_best"] for r in sel], bounds=metric_bounds("updates"))
                 if len(sel) > 1:
                     lo, hi, kind = test.ci_low, test.ci_high, "seeds"
                 else:

@@ -667,7 +667,7 @@ def seed_groups(results: list[ProbeResult]) -> list[dict]:
     """One entry per (task, upstream, fraction, lr setting): the test score over seeds as mean, sample
     sd and t interval (:func:`s3kit.eval.stats.seed_summary`), the same for updates-to-best, and
     every seed's own score with its interval. One seed: sd and interval are ``None``."""
-    from s3kit.eval.stats import seed_summary
+    from s3kit.eval.stats import metric_bounds, seed_summary
 
     groups: dict[tuple, list[ProbeResult]] = {}
     for r in results:
@@ -677,8 +677,9 @@ def seed_groups(results: list[ProbeResult]) -> list[dict]:
         out.append({
             "task": task, "upstream": up, "metric": rs[0].metric, "higher_is_better": rs[0].higher_is_better,
             "fraction": frac, "seeds": [r.seed for r in rs], "n_items": rs[0].n,
-            "test": _finite(seed_summary([r.test for r in rs]).as_dict()),
-            "updates_to_best": _finite(seed_summary([r.updates_to_best for r in rs]).as_dict()),
+            "test": _finite(seed_summary([r.test for r in rs], bounds=metric_bounds(rs[0].metric)).as_dict()),
+            "updates_to_best": _finite(seed_summary([r.updates_to_best for r in rs],
+                                                    bounds=metric_bounds("updates")).as_dict()),
             "per_seed": [{"seed": r.seed, "test": r.test, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n}
                          for r in rs],
         })

@@ -246,8 +246,13 @@ class SeedSummary:
         return d
 
 
-def seed_summary(scores: Sequence[float], level: float = LEVEL) -> SeedSummary:
+def seed_summary(scores: Sequence[float], level: float = LEVEL,
+                 bounds: tuple[float, float] | None = None) -> SeedSummary:
     """Mean, sample sd and ``mean ± t_{S-1} sd / sqrt(S)`` over the seeds' scores ``[S]``.
+
+    ``bounds``: the metric's range (``(0, 1)`` for an accuracy): the interval is clipped to it.
+    With few seeds ``t_{S-1}`` is large (12.7 for two) and an unclipped interval of an accuracy
+    can reach below 0 or above 1, values the score cannot take.
 
     One seed has no spread to measure: sd and interval are NaN (not 0).
     """
@@ -259,7 +264,22 @@ def seed_summary(scores: Sequence[float], level: float = LEVEL) -> SeedSummary:
         return SeedSummary(mean, math.nan, math.nan, math.nan, 1, tuple(x.tolist()))
     sd = float(x.std(ddof=1))
     half = float(_st.t.ppf(0.5 + level / 2, df=x.size - 1)) * sd / math.sqrt(x.size)
-    return SeedSummary(mean, sd, mean - half, mean + half, int(x.size), tuple(x.tolist()))
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return SeedSummary(mean, sd, low, high, int(x.size), tuple(x.tolist()))
+
+
+def metric_bounds(metric: str) -> tuple[float, float] | None:
+    """The range a metric's value can take, for clipping t intervals (:func:`seed_summary`):
+    accuracies and F1 in [0, 1], error rates (PER, WER, CER, DER) and counts >= 0, MTWV <= 1."""
+    if metric in ("accuracy", "slot_type_f1", "map"):
+        return (0.0, 1.0)
+    if metric in ("per", "wer", "cer", "der", "updates"):
+        return (0.0, math.inf)
+    if metric == "mtwv":
+        return (-math.inf, 1.0)
+    return None
 
 
 def accuracy_interval(correct, level: float = LEVEL) -> Interval:
