@@ -196,13 +196,40 @@ def test_smoke_demo_cards_carry_intervals_seeds_and_predictions(smoke_run):
         "teacher", "teacher-init", "mfcc", "distilhubert", "dvcc", "pruned", "rewired", "m2ds", "m2d"}
 
 
+def test_smoke_demo_probes_the_further_tasks_into_cards_and_report(smoke_run):
+    """The `tasks` stage (issue 20 item 7): QbE, SD, style, ENV, MUS on every model, each card entry
+    with its metric, n and an interval around the score, per-item predictions with their seed,
+    and both probing tables of the report showing them with the metric's direction."""
+    import json
+
+    from s3kit.demo import read_predictions
+
+    out, _, first = smoke_run
+    assert "[tasks] running" in first
+    metrics = {"qbe": "mtwv", "sd": "der", "style": "accuracy", "env": "accuracy", "mus": "accuracy"}
+    for name in ("teacher", "mfcc", "distilhubert"):
+        card = json.loads((out / "models" / name / "card.json").read_text())
+        assert {"ks", "ic", "sid", "pr"} <= set(card["probe"])  # the probe stage's entries are kept
+        for task, metric in metrics.items():
+            p = card["probe"][task]
+            assert p["metric"] == metric and p["n"] > 0 and p["seeds"] == 1
+            assert p["ci_low"] <= p["score"] <= p["ci_high"]  # may be a point at 0 / 100 % on the tiny sets
+            lines = read_predictions(out / "models" / name / "predictions" / f"{task}.jsonl.gz")
+            assert lines and {x["seed"] for x in lines} == {0}
+    assert (out / "data" / "tasks" / "sd").is_dir()
+    md = (out / "report" / "index.md").read_text()
+    for task, metric in metrics.items():
+        assert f"{task.upper()} {metric} [95 % CI], n" in md and f"{task.upper()}: model − " in md
+    assert "Lower is better for DER" in md and "higher is better for MTWV" in md
+
+
 @pytest.mark.slow
 def test_smoke_demo_rerun_reuses_every_stage(smoke_run):
     from s3kit.demo import demo, demo_config
 
     out, _, first = smoke_run
     stages = [line.split("]")[0][1:] for line in first if line.endswith("running")]
-    assert {"corpus", "probe", "bias", "rewiring", "kws", "findings"} <= set(stages)
+    assert {"corpus", "probe", "tasks", "bias", "rewiring", "kws", "findings"} <= set(stages)
     log = []
     demo(demo_config("smoke", out=str(out), device="cpu"), log=log.append)
     assert not [line for line in log if line.endswith("running")]

@@ -12,6 +12,9 @@ the next run with the same settings; training stages also resume from their last
                  reruns when its code changes);
 4. ``probe``     SUPERB-style probes (KS, IC, SID, PR) of every model with ``probe_seeds`` seeds,
                  plus speed and size; per-item results in ``models/NAME/predictions/<task>.jsonl.gz``;
+   ``tasks``     the further tasks ``extra_tasks`` (QbE, SD, speaking style, ENV, MUS; SF on request)
+                 on their synthetic sets (``RUN/data/tasks``), ``extra_task_seeds`` seeds, into the
+                 same cards and prediction files;
 5. ``bias``      SpEAT d with p-values per model and per layer, isotropy, t-SNE;
 6. ``rewiring``  teacher vs rewired: isotropy, t-SNE and low-resource KS with updates-to-best;
 7. ``kws``       the DVCC comparison: no-KD baseline, DVCC, teacher vs scratch codebook, fine-tuned
@@ -63,6 +66,11 @@ class DemoConfig:
     pr_minutes: float = 0.0  # > 0: PR on a second, sentence-heavy corpus of this size instead of `sentences`
     pr_updates: int = 150  # PR probe updates (docs/pretrain.md)
     probe_lr: float = 1e-3  # KS / IC / SID: SUPERB's 1e-4 is for 200k updates and under-trains in 300 (PR keeps 1e-2)
+    # the `tasks` stage (docs/probe.md): SF is left out by default (its F1 stays 0 in a demo budget)
+    extra_tasks: list[str] = field(default_factory=lambda: ["qbe", "sd", "style", "env", "mus"])
+    extra_task_seeds: int = 1
+    extra_task_updates: int = 300  # per probe of sd / sf / style (env / mus train to their own epochs)
+    extra_task_sets: str = "demo"  # set sizes: "demo" or "tiny" (the smoke preset)
     kws_steps: int = 300  # KWS fine-tuning updates per row of the DVCC comparison
     bias_tests: str = "gender,native"
     permutations: int = 100_000
@@ -77,6 +85,13 @@ class DemoConfig:
             raise ValueError(f"teacher={self.teacher!r}: 'shipped' or 'train'")
         if self.preset not in PRESETS:
             raise ValueError(f"preset={self.preset!r}: choose one of {sorted(PRESETS)}")
+        if self.extra_task_seeds < 1:
+            raise ValueError(f"extra_task_seeds={self.extra_task_seeds}: need at least 1")
+        unknown = sorted(set(self.extra_tasks) - set(EXTRA_TASK_SETS["demo"]))
+        if unknown:
+            raise ValueError(f"extra_tasks: unknown {unknown}; choose from {sorted(EXTRA_TASK_SETS['demo'])}")
+        if self.extra_task_sets not in EXTRA_TASK_SETS:
+            raise ValueError(f"extra_task_sets={self.extra_task_sets!r}: choose one of {sorted(EXTRA_TASK_SETS)}")
         if self.probe_seeds < 1:
             raise ValueError(f"probe_seeds={self.probe_seeds}: need at least 1")
 
@@ -88,7 +103,19 @@ PRESETS: dict[str, dict] = {
     "smoke": dict(minutes=0.5, keywords_per_class=(6, 1, 2), commands_per_intent=(1, 1, 1), sentences=(12, 4, 4),
                   test_speakers=5, dev_speakers=4, sid_clips=1, speat_targets=4, speat_attributes=4, speat_controls=4,
                   distil_steps=2, probe_seeds=2, probe_updates=4, pr_updates=2, kws_steps=2, permutations=100,
-                  bootstrap=100, workers=1),
+                  bootstrap=100, workers=1, extra_task_updates=4, extra_task_sets="tiny"),
+}
+
+# The `tasks` stage's synthetic sets: (builder in s3kit.data.synth_tasks, its size arguments) per size.
+EXTRA_TASK_SETS: dict[str, dict[str, tuple[str, dict]]] = {
+    "demo": {"qbe": ("synthesize_qbe", {}), "sd": ("synthesize_sd", {}), "style": ("synthesize_style", {}),
+             "env": ("synthesize_sounds", {"kind": "env"}), "mus": ("synthesize_sounds", {"kind": "mus"}),
+             "sf": ("synthesize_slots", {})},
+    "tiny": {"qbe": ("synthesize_qbe", {"terms_per_split": 2, "docs_per_term": 1, "negative_docs": 2, "query_voices": 1}),
+             "sd": ("synthesize_sd", {"mixtures": (4, 2, 2)}), "style": ("synthesize_style", {"per_split": (8, 4, 4)}),
+             "env": ("synthesize_sounds", {"kind": "env", "per_class": (2, 1, 1), "seconds": 1.0}),
+             "mus": ("synthesize_sounds", {"kind": "mus", "per_class": (2, 1, 1), "seconds": 1.0}),
+             "sf": ("synthesize_slots", {"per_split": (8, 4, 4)})},
 }
 
 
@@ -329,6 +356,74 @@ def stage_probe(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict])
         _write_card(run, name, card)
         results[name] = {t: {k: v for k, v in p.items() if k != "layer_weights"} for t, p in card["probe"].items()}
     return results
+
+
+def stage_tasks(run: Path, cfg: DemoConfig, models: dict[str, dict]) -> dict:
+    """The further tasks (``cfg.extra_tasks``) of every model on their synthetic sets, built once
+    under ``RUN/data/tasks/<task>``: per-item results (with ``seed``) in
+    ``models/NAME/predictions/<task>.jsonl.gz`` and, per model and task, the card entry of
+    :func:`summarise_seeds` (QbE, zero-shot, runs once: its interval is its own query bootstrap).
+    Returns ``{model: {task: entry}}``; :func:`_cards_with_tasks` writes them into the cards."""
+    from s3kit.data import synth_tasks
+    from s3kit.eval.probe import ProbeConfig, run_probe
+    from s3kit.eval.tasks import run_task
+    from s3kit.eval.tasks.sd import SDConfig
+    from s3kit.upstream import load_upstream
+
+    sets = {}
+    for task in cfg.extra_tasks:
+        builder, sizes = EXTRA_TASK_SETS[cfg.extra_task_sets][task]
+        sets[task] = getattr(synth_tasks, builder)(run / "data" / "tasks" / task, seed=cfg.seed, **sizes)
+    updates = cfg.extra_task_updates
+    results = {}
+    for name, info in models.items():
+        up = load_upstream(info["upstream"])
+        results[name] = {}
+        for task in cfg.extra_tasks:
+            splits = [sets[task][k] for k in (("qbe_docs", "qbe_dev", "qbe_test") if task == "qbe" else
+                                              tuple(f"{task}_{s}" for s in ("train", "dev", "test")))]
+            runs = []
+            for seed in (probe_seeds(cfg)[:1] if task == "qbe" else
+                         [cfg.seed + k for k in range(cfg.extra_task_seeds)]):
+                base = dict(cache_dir=str(run / "cache" / "features"), device=cfg.device, progress=False, seed=seed)
+                if task in ("env", "mus", "qbe"):  # env / mus: linear evaluation at 1e-2 to its own stopping rule
+                    runs.append(run_probe(up, task, *splits, ProbeConfig(lr=1e-2, **base)))
+                    continue
+                probe = ProbeConfig(lr=1e-3, max_updates=updates, eval_every=max(1, min(50, updates // 4)), **base)
+                if task == "sd":  # SD: batches of 8 mixtures, a 64-wide head (SDConfig's 256 does not train in 200 updates)
+                    runs.append(run_task(up, "sd", *splits, dataclasses.replace(probe, batch_size=8), SDConfig(hidden=64)))
+                else:
+                    runs.append(run_probe(up, task, *splits, probe))
+            lines = [{"seed": r.seed, **item} for r in runs for item in r.predictions]
+            write_predictions(run / "models" / name / "predictions" / f"{task}.jsonl.gz", lines)
+            if task in ("qbe", "sf"):  # MTWV / F1 are not per-item rates: the run's own interval
+                r = runs[0]
+                entry = {"metric": r.metric, "score": r.test, "n": r.n, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                         "seeds": len(runs), "dev": r.dev, "updates_to_best": r.updates_to_best,
+                         "per_seed": [{"seed": x.seed, "score": x.test, "n": x.n, "ci_low": x.ci_low,
+                                       "ci_high": x.ci_high, "dev": x.dev} for x in runs]}
+                if len(runs) > 1:
+                    from s3kit.eval import stats
+
+                    over = stats.seed_summary([x.test for x in runs], bounds=stats.metric_bounds(r.metric))
+                    entry.update(score=over.mean, seed_sd=over.sd, seed_ci_low=over.ci_low, seed_ci_high=over.ci_high,
+                                 ci_low=None, ci_high=None)  # no pooled interval over seeds for these metrics
+                if getattr(r, "extra", {}).get("test_map") is not None:
+                    entry["map"] = r.extra["test_map"]
+            else:
+                entry = summarise_seeds(runs, lines, cfg.seed)
+                entry.pop("layer_weights", None)
+            results[name][task] = entry
+    return results
+
+
+def _cards_with_tasks(run: Path, results: dict) -> None:
+    """Merge the ``tasks`` stage's entries into each card's ``probe`` (after ``probe`` rewrote it)."""
+    for name, entries in results.items():
+        path = run / "models" / name / "card.json"
+        card = json.loads(path.read_text()) if path.exists() else {"name": name}
+        card.setdefault("probe", {}).update(entries)
+        _write_card(run, name, card)
 
 
 def _sid_splits(run: Path, data: dict, clips: int = 1) -> tuple[str, str, str]:
@@ -822,6 +917,13 @@ def demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> 
                 "seeds": cfg.probe_seeds, "sid_clips": cfg.sid_clips, "corpus": _corpus_options(cfg),
                 "code": _code_key(stage_probe)}
     _run_stage(run, "probe", settings, lambda: stage_probe(run, cfg, data, models), log)
+    if cfg.extra_tasks:
+        task_results = _run_stage(run, "tasks", {"tasks": cfg.extra_tasks, "seeds": cfg.extra_task_seeds,
+                                                 "updates": cfg.extra_task_updates, "sets": cfg.extra_task_sets,
+                                                 "seed": cfg.seed, "models": settings["models"],
+                                                 "code": _code_key(stage_tasks)},
+                                  lambda: stage_tasks(run, cfg, models), log)
+        _cards_with_tasks(run, task_results)
     _run_stage(run, "bias", {**settings, "tests": cfg.bias_tests, "permutations": cfg.permutations,
                              "code": _code_key(stage_bias)},
                lambda: stage_bias(run, cfg, data, models), log)

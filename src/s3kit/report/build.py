@@ -8,7 +8,7 @@ import math
 import shutil
 from pathlib import Path
 
-LOWER_IS_BETTER = {"per", "wer", "far"}
+LOWER_IS_BETTER = {"per", "wer", "cer", "der", "far"}
 
 
 def load_cards(run_dir: str | Path) -> list[dict]:
@@ -238,7 +238,7 @@ def _tables(cards: list[dict], reference: str | None = None) -> list[tuple[str, 
             rows.append([c["name"]] + [_score(p[t]) if t in p else "–" for t in tasks]
                         + [", ".join(f"{t}:{p[t].get('updates_to_best', '–')}" for t in tasks if t in p) or "–"])
         notes = ["Score [95 % interval], n = test items: Wilson interval for accuracy, utterance-level bootstrap "
-                 "for PER (lower is better)."]
+                 "for PER (lower is better)." + _direction_note(cards, tasks)]
         detect = _detectable(cards, tasks, ref)
         comp_rows, comp_notes = _probe_comparison(cards, tasks, ref)
         if not comp_rows:
@@ -253,7 +253,7 @@ def _tables(cards: list[dict], reference: str | None = None) -> list[tuple[str, 
                          f"the {sum(v != '–' for r in comp_rows for v in r[1:])} comparisons of this table (with several probe "
                          "seeds per model: the lowest seed of each); "
                          f"{NOT_SIGNIFICANT} = not significant at alpha {ALPHA:g} after adjustment (the test set cannot "
-                         "tell the two apart).")
+                         "tell the two apart)." + _direction_note(cards, tasks))
             out.append((f"Probing: each model against {ref}", comp_header, comp_rows,
                         [comp_text] + ([detect] if detect else [])))
     cats = sorted({k for c in cards for k in c.get("bias", {})})
@@ -305,6 +305,19 @@ def _tables(cards: list[dict], reference: str | None = None) -> list[tuple[str, 
                                f"stimuli for both models), two-sided p Holm-adjusted over the {len(versus)} comparisons "
                                f"of this table; {NOT_SIGNIFICANT} = not significant at alpha {ALPHA:g}."]))
     return out
+
+
+def _direction_note(cards: list[dict], tasks: list[str]) -> str:
+    """Which way is better for the further tasks' metrics (DER, MTWV, SF's F1) when the table has any."""
+    extra = {cards_metric(cards, t) for t in tasks} - {"accuracy", "per"}
+    if not extra:
+        return ""
+    lower = sorted(m.upper() for m in extra if m in LOWER_IS_BETTER)
+    higher = sorted(m.upper() for m in extra if m not in LOWER_IS_BETTER)
+    parts = ([f"lower is better for {', '.join(lower)}"] if lower else []) + (
+        [f"higher is better for {', '.join(higher)}"] if higher else [])
+    return (" " + "; ".join(parts).capitalize() + " (DER: recording-level bootstrap; MTWV: bootstrap over the queries"
+            " with a true document).")
 
 
 def cards_metric(cards: list[dict], task: str) -> str:
