@@ -52,6 +52,9 @@ def test_demo_config_rejects_typos():
         apply_overrides(DemoConfig(), ["teacher_step=10"])
     with pytest.raises(ValueError, match="'shipped' or 'train'"):
         DemoConfig(teacher="download")
+    with pytest.raises(ValueError, match=r"extra_tasks: unknown \['sff'\]"):
+        apply_overrides(DemoConfig(), ["extra_tasks=[qbe,sff]"])
+    assert apply_overrides(DemoConfig(), ["extra_tasks=[qbe,sf]"]).extra_tasks == ["qbe", "sf"]  # SF on request
 
 
 def test_stage_reruns_when_its_code_changes(tmp_path):

@@ -14,7 +14,8 @@ def register(sub) -> None:
         help="synthesise a corpus, take the tiny teacher, compress it, probe and audit everything, write a report",
         description="The main job on the synthetic corpus, on CPU: corpus -> tiny MelHuBERT teacher (shipped; "
         "teacher=train pretrains one) -> students "
-        "-> SUPERB-style probes (3 seeds), speed/size, SpEAT bias, isotropy -> rewiring analysis (isotropy, "
+        "-> SUPERB-style probes (3 seeds), speed/size -> further tasks (QbE, SD, style, ENV, MUS, 1 seed; "
+        "extra_tasks=[...] extra_task_seeds=N, sf on request) -> SpEAT bias, isotropy -> rewiring analysis (isotropy, "
         "low-resource KS) -> DVCC KWS comparison -> findings ledger (each paper's claims: effect, 95 % interval, "
         "Holm-adjusted p, computed verdict) -> OUT/report/index.html. Finished stages are "
         "reused on the next run; extra settings as key=value (e.g. probe_seeds=5 keywords_per_class=[80,40,40]).",
