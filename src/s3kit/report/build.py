@@ -316,7 +316,8 @@ def _direction_note(cards: list[dict], tasks: list[str]) -> str:
     higher = sorted(m.upper() for m in extra if m not in LOWER_IS_BETTER)
     parts = ([f"lower is better for {', '.join(lower)}"] if lower else []) + (
         [f"higher is better for {', '.join(higher)}"] if higher else [])
-    return (" " + "; ".join(parts).capitalize() + " (DER: recording-level bootstrap; MTWV: bootstrap over the queries"
+    text = "; ".join(parts)
+    return (" " + text[0].upper() + text[1:] + " (DER: recording-level bootstrap; MTWV: bootstrap over the queries"
             " with a true document).")
 
 
