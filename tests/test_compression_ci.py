@@ -1,26 +1,13 @@
 """Compression study evidence: probe scores with n and interval, SpEAT d with the targets-and-attributes
 interval, each model against the base with a paired test (known answers on planted results)."""
 
-import math
 
 import pytest
 
 from s3kit.eval import compression as cs
 from s3kit.eval.probe import write_predictions
+from tests.test_lowres import _items, _wilson
 
-Z = 1.959963984540054
-
-
-def _wilson(k, n):
-    p, z2 = k / n, Z * Z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = Z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return centre - half, centre + half
-
-
-def _items(correct):
-    return [{"id": f"c{i}", "reference": "a", "hypothesis": "a" if c else "b", "correct": bool(c)}
-            for i, c in enumerate(correct)]
 
 
 def _row(method, step, correct, out, removed=0, speat=None):
