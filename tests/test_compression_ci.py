@@ -1,7 +1,6 @@
 """Compression study evidence: probe scores with n and interval, SpEAT d with the targets-and-attributes
 interval, each model against the base with a paired test (known answers on planted results)."""
 
-
 import pytest
 
 from s3kit.eval import compression as cs
