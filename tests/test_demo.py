@@ -184,7 +184,7 @@ def test_smoke_demo_writes_a_ledger_whose_verdicts_follow_the_rule(smoke_run):
 def test_smoke_demo_cards_carry_intervals_seeds_and_predictions(smoke_run):
     import json
 
-    from s3kit.demo import read_predictions
+    from s3kit.eval.probe import read_predictions
 
     out, _, _ = smoke_run
     card = json.loads((out / "models" / "teacher" / "card.json").read_text())
@@ -205,7 +205,7 @@ def test_smoke_demo_probes_the_further_tasks_into_cards_and_report(smoke_run):
     and both probing tables of the report showing them with the metric's direction."""
     import json
 
-    from s3kit.demo import read_predictions
+    from s3kit.eval.probe import read_predictions
 
     out, _, first = smoke_run
     assert "[tasks] running" in first

@@ -289,23 +289,6 @@ def _probe_config(run: Path, cfg: DemoConfig, task: str, seed: int, **changes):
                        device=cfg.device, progress=False, **changes)
 
 
-def write_predictions(path: Path, lines: list[dict]) -> Path:
-    """Per-item results (one JSON line each, with ``seed``) gzipped, atomically."""
-    import gzip
-
-    from s3kit.checkpoint import write_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, gzip.compress(("\n".join(json.dumps(x) for x in lines) + "\n").encode(), mtime=0))
-    return path
-
-
-def read_predictions(path: Path) -> list[dict]:
-    import gzip
-
-    return [json.loads(line) for line in gzip.decompress(Path(path).read_bytes()).decode().splitlines() if line]
-
-
 def summarise_seeds(results: list, lines: list[dict], seed: int = 0) -> dict:
     """A card's probe entry from the ProbeResults of several seeds on one test set: ``score`` =
     the mean over seeds, ``n`` test items, ``ci_low`` / ``ci_high`` = the utterance bootstrap of
@@ -335,7 +318,7 @@ def stage_probe(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict])
     """Speed/size and SUPERB-style probes (``probe_seeds`` seeds) of every model; fills the model
     cards and writes ``models/NAME/predictions/<task>.jsonl.gz`` (every seed's per-item results)."""
     from s3kit.eval.efficiency import measure
-    from s3kit.eval.probe import run_probe
+    from s3kit.eval.probe import run_probe, write_predictions
     from s3kit.upstream import load_upstream
 
     subsets = {"ks": "keywords", "ic": "commands", "sid": "keywords", "pr": "pr"}
@@ -351,7 +334,7 @@ def stage_probe(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict])
                 train, dev, test = _sid_splits(run, data, cfg.sid_clips)
             runs = [run_probe(up, task, train, dev, test, _probe_config(run, cfg, task, seed)) for seed in probe_seeds(cfg)]
             lines = [{"seed": r.seed, **item} for r in runs for item in r.predictions]
-            write_predictions(run / "models" / name / "predictions" / f"{task}.jsonl.gz", lines)
+            write_predictions(lines, run / "models" / name / "predictions" / f"{task}.jsonl.gz")
             card["probe"][task] = summarise_seeds(runs, lines, cfg.seed)
         _write_card(run, name, card)
         results[name] = {t: {k: v for k, v in p.items() if k != "layer_weights"} for t, p in card["probe"].items()}
@@ -365,7 +348,7 @@ def stage_tasks(run: Path, cfg: DemoConfig, models: dict[str, dict]) -> dict:
     :func:`summarise_seeds` (QbE, zero-shot, runs once: its interval is its own query bootstrap).
     Returns ``{model: {task: entry}}``; :func:`_cards_with_tasks` writes them into the cards."""
     from s3kit.data import synth_tasks
-    from s3kit.eval.probe import ProbeConfig, run_probe
+    from s3kit.eval.probe import ProbeConfig, run_probe, write_predictions
     from s3kit.eval.tasks import run_task
     from s3kit.eval.tasks.sd import SDConfig
     from s3kit.upstream import load_upstream
@@ -395,7 +378,7 @@ def stage_tasks(run: Path, cfg: DemoConfig, models: dict[str, dict]) -> dict:
                 else:
                     runs.append(run_probe(up, task, *splits, probe))
             lines = [{"seed": r.seed, **item} for r in runs for item in r.predictions]
-            write_predictions(run / "models" / name / "predictions" / f"{task}.jsonl.gz", lines)
+            write_predictions(lines, run / "models" / name / "predictions" / f"{task}.jsonl.gz")
             if task in ("qbe", "sf"):  # MTWV / F1 are not per-item rates: the run's own interval
                 r = runs[0]
                 entry = {"metric": r.metric, "score": r.test, "n": r.n, "ci_low": r.ci_low, "ci_high": r.ci_high,
@@ -464,7 +447,7 @@ def stage_rewiring(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dic
     test clips, and KS probes on fractions of the training set with updates-to-best (its Table 2),
     written as a report section (RUN/sections/rewiring.json); per-item results of every probe in
     ``rewiring/predictions/<model>_<fraction>.jsonl.gz``."""
-    from s3kit.eval.probe import run_probe
+    from s3kit.eval.probe import run_probe, write_predictions
     from s3kit.eval.lowres import section_tables, summarise_low_resource
     from s3kit.methods.rewire import analyse
     from s3kit.upstream import load_upstream
@@ -480,8 +463,8 @@ def stage_rewiring(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dic
             up.name = name
             runs = [run_probe(up, "ks", data["keywords_train"], data["keywords_dev"], data["keywords_test"],
                               _probe_config(run, cfg, "ks", seed, fraction=fraction)) for seed in probe_seeds(cfg)]
-            write_predictions(out / "predictions" / f"{name}_{fraction:g}.jsonl.gz",
-                              [{"seed": r.seed, **item} for r in runs for item in r.predictions])
+            write_predictions([{"seed": r.seed, **item} for r in runs for item in r.predictions],
+                              out / "predictions" / f"{name}_{fraction:g}.jsonl.gz")
             predictions += [{"fraction": fraction, "model": name, "task": "ks", "seed": r.seed, **item}
                             for r in runs for item in r.predictions]
             rows += [{"fraction": fraction, "model": name, "seed": r.seed, "task": "ks", "metric": r.metric,
@@ -719,7 +702,7 @@ def stage_findings(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dic
     from s3kit.data.manifest import get_label, load_cuts
     from s3kit.eval import findings as fd
     from s3kit.eval.bias import parse_tests, stimulus_sets
-    from s3kit.eval.probe import chance_accuracy
+    from s3kit.eval.probe import chance_accuracy, read_predictions
 
     B, seed = cfg.bootstrap, cfg.seed
     rows: list[fd.Finding] = []

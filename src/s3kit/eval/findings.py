@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from s3kit.eval import stats
 from s3kit.eval.stats import LEVEL, holm
 
 ALPHA = 0.05
@@ -109,17 +110,7 @@ def ledger(findings: Sequence[Finding], alpha: float = ALPHA) -> list[dict]:
 # ----------------------------------------------------------------------------- estimators
 
 
-def two_sided_p(replicates, null: float = 0.0) -> float:
-    """Bootstrap p of "statistic = null": twice the smaller share of replicates on either side of
-    ``null`` (ties count on both sides), add-one smoothed so it is never 0; at most 1."""
-    r = np.asarray(replicates, dtype=float)
-    r = r[np.isfinite(r)]
-    if r.size == 0:
-        return math.nan
-    if np.all(r == null):
-        return 1.0
-    below, above = int(np.sum(r <= null)), int(np.sum(r >= null))
-    return min(1.0, 2 * (min(below, above) + 1) / (r.size + 1))
+two_sided_p = stats.bootstrap_p  # the ledger's p: the same two-sided bootstrap p as every paired test
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from s3kit.eval.stats import bootstrap_p
 from s3kit.models.kws_student import UPSTREAM_LOADER, KWSStudent, load_student
 from s3kit.train.trainer import TrainConfig, TrainResult
 
@@ -373,9 +374,7 @@ def bootstrap_detection(scores: dict[str, tuple[np.ndarray, np.ndarray]], classe
         if not d["far"]:
             raise ValueError("no usable bootstrap resample: too few positives per keyword")
         diff = np.asarray(d["diff"])
-        # add-one smoothed, as s3kit.eval.stats: a bootstrap p is never 0
-        tail = min(int((diff <= 0).sum()), int((diff >= 0).sum()))
-        p_far = 1.0 if n == baseline else float(min(1.0, 2 * (tail + 1) / (diff.size + 1)))
+        p_far = 1.0 if n == baseline else bootstrap_p(diff)
         rel = np.asarray(d["rel"])
         rel = rel[np.isfinite(rel)]
         out[n] = {"far_ci": np.percentile(d["far"], q).tolist(),

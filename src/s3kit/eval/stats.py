@@ -190,16 +190,24 @@ def paired_bootstrap(
     return _paired_result(float(rate_a - rate_b), diffs, level, ea.size, float(rate_a), float(rate_b))
 
 
+def bootstrap_p(replicates, null: float = 0.0) -> float:
+    """Two-sided bootstrap p of "statistic = ``null``": twice the smaller share of the (finite)
+    replicates on either side of ``null`` (ties count on both sides), add-one smoothed so it is
+    never 0, at most 1; 1 when every replicate equals ``null``, NaN when none is finite."""
+    r = np.asarray(replicates, dtype=float)
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return math.nan
+    if np.all(r == null):
+        return 1.0
+    below, above = int(np.sum(r <= null)), int(np.sum(r >= null))
+    return min(1.0, 2 * (min(below, above) + 1) / (r.size + 1))
+
+
 def _paired_result(diff, diffs, level, n, a, b) -> PairedBootstrap:
     diffs = diffs[~np.isnan(diffs)]
     low, high = _percentile_ci(diffs, level)
-    if np.all(diffs == 0):
-        p = 1.0
-    else:
-        below = int(np.sum(diffs <= 0))
-        above = int(np.sum(diffs >= 0))
-        p = min(1.0, 2 * (min(below, above) + 1) / (diffs.size + 1))
-    return PairedBootstrap(diff, low, high, p, int(n), a, b)
+    return PairedBootstrap(diff, low, high, bootstrap_p(diffs), int(n), a, b)
 
 
 def paired_bootstrap_stat(
