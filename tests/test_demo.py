@@ -208,7 +208,7 @@ def test_smoke_demo_probes_the_further_tasks_into_cards_and_report(smoke_run):
     from s3kit.eval.probe import read_predictions
 
     out, _, first = smoke_run
-    assert "[tasks] running" in first
+    assert "[task-sets] running" in first and "[tasks-teacher] running" in first
     metrics = {"qbe": "mtwv", "sd": "der", "style": "accuracy", "env": "accuracy", "mus": "accuracy"}
     for name in ("teacher", "mfcc", "distilhubert"):
         card = json.loads((out / "models" / name / "card.json").read_text())
@@ -232,7 +232,8 @@ def test_smoke_demo_rerun_reuses_every_stage(smoke_run):
 
     out, _, first = smoke_run
     stages = [line.split("]")[0][1:] for line in first if line.endswith("running")]
-    assert {"corpus", "probe", "tasks", "bias", "rewiring", "kws", "findings"} <= set(stages)
+    assert {"corpus", "probe-teacher", "task-sets", "tasks-teacher", "bias", "rewiring", "kws-dvcc",
+            "findings"} <= set(stages)
     log = []
     demo(demo_config("smoke", out=str(out), device="cpu"), log=log.append)
     assert not [line for line in log if line.endswith("running")]

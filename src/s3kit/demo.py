@@ -71,12 +71,14 @@ class DemoConfig:
     extra_task_seeds: int = 1
     extra_task_updates: int = 300  # per probe of sd / sf / style (env / mus train to their own epochs)
     extra_task_sets: str = "demo"  # set sizes: "demo" or "tiny" (the smoke preset)
-    kws_steps: int = 300  # KWS fine-tuning updates per row of the DVCC comparison
+    kws_steps: int = 200  # KWS fine-tuning updates per row of the DVCC comparison
+    kws_batch: int = 32  # clips per KWS fine-tuning update (a row costs ~0.7 s per update on one core)
+    kws_distil_steps: int = 150  # codebook distillation updates of the w/ T-codebook and scratch rows (~1.6 s each)
     bias_tests: str = "gender,native"
     permutations: int = 100_000
     bootstrap: int = 2000  # resamples behind every interval of the findings ledger
     threads: int = 1  # torch intra-op threads: the demo's models are tiny, one thread is fastest
-    workers: int = 2  # processes for corpus synthesis
+    workers: int = 2  # processes: corpus synthesis, and stages run side by side (s3kit.stages; 1 = one after the other)
     device: str = "auto"
     stop_after: str | None = None  # a stage name: stop there (e.g. "teacher" to build the teacher only)
 
@@ -102,13 +104,14 @@ PRESETS: dict[str, dict] = {
     "full": {},
     "smoke": dict(minutes=0.5, keywords_per_class=(6, 1, 2), commands_per_intent=(1, 1, 1), sentences=(12, 4, 4),
                   test_speakers=5, dev_speakers=4, sid_clips=1, speat_targets=4, speat_attributes=4, speat_controls=4,
-                  distil_steps=2, probe_seeds=2, probe_updates=4, pr_updates=2, kws_steps=2, permutations=100,
-                  bootstrap=100, workers=1, extra_task_updates=4, extra_task_sets="tiny"),
+                  distil_steps=2, probe_seeds=2, probe_updates=4, pr_updates=2, kws_steps=2, kws_distil_steps=2,
+                  permutations=100, bootstrap=100, workers=1, extra_task_updates=4, extra_task_sets="tiny"),
 }
 
 # The `tasks` stage's synthetic sets: (builder in s3kit.data.synth_tasks, its size arguments) per size.
 EXTRA_TASK_SETS: dict[str, dict[str, tuple[str, dict]]] = {
-    "demo": {"qbe": ("synthesize_qbe", {}), "sd": ("synthesize_sd", {}), "style": ("synthesize_style", {}),
+    # QbE: 8 terms x 3 held-out voices = 24 test queries with a true document (4 terms gave 12)
+    "demo": {"qbe": ("synthesize_qbe", {"terms_per_split": 8}), "sd": ("synthesize_sd", {}), "style": ("synthesize_style", {}),
              "env": ("synthesize_sounds", {"kind": "env"}), "mus": ("synthesize_sounds", {"kind": "mus"}),
              "sf": ("synthesize_slots", {})},
     "tiny": {"qbe": ("synthesize_qbe", {"terms_per_split": 2, "docs_per_term": 1, "negative_docs": 2, "query_voices": 1}),
@@ -126,52 +129,12 @@ def demo_config(preset: str = "full", **changes) -> DemoConfig:
     return DemoConfig(**{**PRESETS[preset], "preset": preset, **changes})
 
 
-class Stage:
-    """A named step whose result (a JSON-able dict) is stored under RUN/stages/<name>.json."""
-
-    def __init__(self, run: Path, name: str, settings: dict):
-        self.path = run / "stages" / f"{name}.json"
-        self.name = name
-        self.settings = settings
-
-    def done(self) -> dict | None:
-        if self.path.exists():
-            data = json.loads(self.path.read_text())
-            if data.get("settings") == json.loads(json.dumps(self.settings)):
-                return data["result"]
-        return None
-
-    def finish(self, result: dict, seconds: float) -> dict:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"settings": self.settings, "result": result, "seconds": round(seconds, 1)}, indent=2))
-        tmp.replace(self.path)
-        return result
-
-
 def _run_stage(run: Path, name: str, settings: dict, fn: Callable[[], dict], log, workdir: Path | None = None) -> dict:
-    """Run ``fn`` unless the stage finished earlier with the same settings. ``workdir``: the
-    stage's own output directory (training checkpoints): kept when the stage reruns with the same
-    settings (an interrupted training resumes), wiped when the settings changed, so the trainer
-    does not resume a finished run made with other settings."""
-    stage = Stage(run, name, settings)
-    cached = stage.done()
-    if cached is not None:
-        log(f"[{name}] done earlier, reusing {stage.path}")
-        return cached
-    if workdir is not None:
-        marker = workdir / ".stage_settings.json"
-        wanted = json.dumps(settings, sort_keys=True)
-        if workdir.exists() and (not marker.exists() or marker.read_text() != wanted):
-            log(f"[{name}] settings changed: starting afresh in {workdir}")
-            shutil.rmtree(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(wanted)
-    log(f"[{name}] running")
-    t0 = time.perf_counter()
-    result = fn()
-    log(f"[{name}] finished in {time.perf_counter() - t0:.0f} s")
-    return stage.finish(result, time.perf_counter() - t0)
+    """:func:`s3kit.stages.run_stage`: run ``fn`` in this process unless the stage finished earlier
+    with the same settings (``workdir``: kept to resume, wiped when the settings changed)."""
+    from s3kit.stages import run_stage
+
+    return run_stage(run, name, settings, fn, log, workdir)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -314,99 +277,106 @@ def probe_seeds(cfg: DemoConfig) -> list[int]:
     return [cfg.seed + k for k in range(cfg.probe_seeds)]
 
 
-def stage_probe(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) -> dict:
-    """Speed/size and SUPERB-style probes (``probe_seeds`` seeds) of every model; fills the model
-    cards and writes ``models/NAME/predictions/<task>.jsonl.gz`` (every seed's per-item results)."""
+PROBE_SUBSETS = {"ks": "keywords", "ic": "commands", "sid": "sid", "pr": "pr"}  # task -> manifests in `data`
+
+
+def probe_model(run: Path, cfg: DemoConfig, data: dict, name: str, info: dict) -> dict:
+    """Speed / size and the SUPERB-style probes (``probe_seeds`` seeds) of one model: its card
+    (``name``, ``description``, ``source``, ``efficiency``, ``probe``); every seed's per-item
+    results go to ``models/NAME/predictions/<task>.jsonl.gz``. ``data`` holds the ``sid_*``
+    splits of :func:`_sid_splits` when SID is probed."""
     from s3kit.eval.efficiency import measure
     from s3kit.eval.probe import run_probe, write_predictions
     from s3kit.upstream import load_upstream
 
-    subsets = {"ks": "keywords", "ic": "commands", "sid": "keywords", "pr": "pr"}
+    up = load_upstream(info["upstream"])
+    card = {"name": name, "description": info["description"], "source": info["source"],
+            "efficiency": measure(up, seconds=2.0, repeats=3).to_dict(), "probe": {}}
+    for task in cfg.tasks:
+        sub = PROBE_SUBSETS[task]
+        train, dev, test = (data[f"{sub}_{s}"] for s in ("train", "dev", "test"))
+        runs = [run_probe(up, task, train, dev, test, _probe_config(run, cfg, task, seed)) for seed in probe_seeds(cfg)]
+        lines = [{"seed": r.seed, **item} for r in runs for item in r.predictions]
+        write_predictions(lines, run / "models" / name / "predictions" / f"{task}.jsonl.gz")
+        card["probe"][task] = summarise_seeds(runs, lines, cfg.seed)
+    return card
+
+
+def stage_probe(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) -> dict:
+    """:func:`probe_model` of every model, one after the other, into the model cards; returns
+    ``{model: {task: entry}}`` (the driver runs :func:`probe_model` as one job per model)."""
+    if "sid" in cfg.tasks and "sid_train" not in data:
+        data = {**data, **sid_data(run, data, cfg.sid_clips)}
     results = {}
     for name, info in models.items():
-        up = load_upstream(info["upstream"])
-        card = {"name": name, "description": info["description"], "source": info["source"],
-                "efficiency": measure(up, seconds=2.0, repeats=3).to_dict(), "probe": {}}
-        for task in cfg.tasks:
-            sub = subsets[task]
-            train, dev, test = (data[f"{sub}_{s}"] for s in ("train", "dev", "test"))
-            if task == "sid":  # speaker identity needs the same speakers in train and test
-                train, dev, test = _sid_splits(run, data, cfg.sid_clips)
-            runs = [run_probe(up, task, train, dev, test, _probe_config(run, cfg, task, seed)) for seed in probe_seeds(cfg)]
-            lines = [{"seed": r.seed, **item} for r in runs for item in r.predictions]
-            write_predictions(lines, run / "models" / name / "predictions" / f"{task}.jsonl.gz")
-            card["probe"][task] = summarise_seeds(runs, lines, cfg.seed)
+        card = probe_model(run, cfg, data, name, info)
         _write_card(run, name, card)
-        results[name] = {t: {k: v for k, v in p.items() if k != "layer_weights"} for t, p in card["probe"].items()}
+        results[name] = card["probe"]
     return results
 
 
-def stage_tasks(run: Path, cfg: DemoConfig, models: dict[str, dict]) -> dict:
-    """The further tasks (``cfg.extra_tasks``) of every model on their synthetic sets, built once
-    under ``RUN/data/tasks/<task>``: per-item results (with ``seed``) in
-    ``models/NAME/predictions/<task>.jsonl.gz`` and, per model and task, the card entry of
-    :func:`summarise_seeds` (QbE, zero-shot, runs once: its interval is its own query bootstrap).
-    Returns ``{model: {task: entry}}``; :func:`_cards_with_tasks` writes them into the cards."""
+def build_task_sets(run: Path, cfg: DemoConfig) -> dict:
+    """The ``tasks`` stage's synthetic sets (:data:`EXTRA_TASK_SETS`), built under
+    ``RUN/data/tasks/<task>``: ``{task: [train, dev, test]}`` manifest paths (QbE: documents,
+    dev queries, test queries)."""
     from s3kit.data import synth_tasks
+
+    sets = {}
+    for task in cfg.extra_tasks:
+        builder, sizes = EXTRA_TASK_SETS[cfg.extra_task_sets][task]
+        paths = getattr(synth_tasks, builder)(run / "data" / "tasks" / task, seed=cfg.seed, **sizes)
+        keys = ("qbe_docs", "qbe_dev", "qbe_test") if task == "qbe" else tuple(f"{task}_{s}" for s in ("train", "dev", "test"))
+        sets[task] = [str(paths[k]) for k in keys]
+    return sets
+
+
+def tasks_for_model(run: Path, cfg: DemoConfig, sets: dict, name: str, info: dict) -> dict:
+    """The further tasks (``cfg.extra_tasks``) of one model on the sets of :func:`build_task_sets`:
+    per-item results (with ``seed``) in ``models/NAME/predictions/<task>.jsonl.gz`` and, per task,
+    the card entry of :func:`summarise_seeds` (QbE, zero-shot, runs once: its interval is its own
+    query bootstrap). Returns ``{task: entry}``."""
     from s3kit.eval.probe import ProbeConfig, run_probe, write_predictions
     from s3kit.eval.tasks import run_task
     from s3kit.eval.tasks.sd import SDConfig
     from s3kit.upstream import load_upstream
 
-    sets = {}
-    for task in cfg.extra_tasks:
-        builder, sizes = EXTRA_TASK_SETS[cfg.extra_task_sets][task]
-        sets[task] = getattr(synth_tasks, builder)(run / "data" / "tasks" / task, seed=cfg.seed, **sizes)
     updates = cfg.extra_task_updates
+    up = load_upstream(info["upstream"])
     results = {}
-    for name, info in models.items():
-        up = load_upstream(info["upstream"])
-        results[name] = {}
-        for task in cfg.extra_tasks:
-            splits = [sets[task][k] for k in (("qbe_docs", "qbe_dev", "qbe_test") if task == "qbe" else
-                                              tuple(f"{task}_{s}" for s in ("train", "dev", "test")))]
-            runs = []
-            for seed in (probe_seeds(cfg)[:1] if task == "qbe" else
-                         [cfg.seed + k for k in range(cfg.extra_task_seeds)]):
-                base = dict(cache_dir=str(run / "cache" / "features"), device=cfg.device, progress=False, seed=seed)
-                if task in ("env", "mus", "qbe"):  # env / mus: linear evaluation at 1e-2 to its own stopping rule
-                    runs.append(run_probe(up, task, *splits, ProbeConfig(lr=1e-2, **base)))
-                    continue
-                probe = ProbeConfig(lr=1e-3, max_updates=updates, eval_every=max(1, min(50, updates // 4)), **base)
-                if task == "sd":  # SD: batches of 8 mixtures, a 64-wide head (SDConfig's 256 does not train in 200 updates)
-                    runs.append(run_task(up, "sd", *splits, dataclasses.replace(probe, batch_size=8), SDConfig(hidden=64)))
-                else:
-                    runs.append(run_probe(up, task, *splits, probe))
-            lines = [{"seed": r.seed, **item} for r in runs for item in r.predictions]
-            write_predictions(lines, run / "models" / name / "predictions" / f"{task}.jsonl.gz")
-            if task in ("qbe", "sf"):  # MTWV / F1 are not per-item rates: the run's own interval
-                r = runs[0]
-                entry = {"metric": r.metric, "score": r.test, "n": r.n, "ci_low": r.ci_low, "ci_high": r.ci_high,
-                         "seeds": len(runs), "dev": r.dev, "updates_to_best": r.updates_to_best,
-                         "per_seed": [{"seed": x.seed, "score": x.test, "n": x.n, "ci_low": x.ci_low,
-                                       "ci_high": x.ci_high, "dev": x.dev} for x in runs]}
-                if len(runs) > 1:
-                    from s3kit.eval import stats
-
-                    over = stats.seed_summary([x.test for x in runs], bounds=stats.metric_bounds(r.metric))
-                    entry.update(score=over.mean, seed_sd=over.sd, seed_ci_low=over.ci_low, seed_ci_high=over.ci_high,
-                                 ci_low=None, ci_high=None)  # no pooled interval over seeds for these metrics
-                if getattr(r, "extra", {}).get("test_map") is not None:
-                    entry["map"] = r.extra["test_map"]
+    for task in cfg.extra_tasks:
+        splits = sets[task]
+        runs = []
+        for seed in (probe_seeds(cfg)[:1] if task == "qbe" else [cfg.seed + k for k in range(cfg.extra_task_seeds)]):
+            base = dict(cache_dir=str(run / "cache" / "features"), device=cfg.device, progress=False, seed=seed)
+            if task in ("env", "mus", "qbe"):  # env / mus: linear evaluation at 1e-2 to its own stopping rule
+                runs.append(run_probe(up, task, *splits, ProbeConfig(lr=1e-2, **base)))
+                continue
+            probe = ProbeConfig(lr=1e-3, max_updates=updates, eval_every=max(1, min(50, updates // 4)), **base)
+            if task == "sd":  # SD: batches of 8 mixtures, a 64-wide head (SDConfig's 256 does not train in 200 updates)
+                runs.append(run_task(up, "sd", *splits, dataclasses.replace(probe, batch_size=8), SDConfig(hidden=64)))
             else:
-                entry = summarise_seeds(runs, lines, cfg.seed)
-                entry.pop("layer_weights", None)
-            results[name][task] = entry
+                runs.append(run_probe(up, task, *splits, probe))
+        lines = [{"seed": r.seed, **item} for r in runs for item in r.predictions]
+        write_predictions(lines, run / "models" / name / "predictions" / f"{task}.jsonl.gz")
+        if task in ("qbe", "sf"):  # MTWV / F1 are not per-item rates: the run's own interval
+            r = runs[0]
+            entry = {"metric": r.metric, "score": r.test, "n": r.n, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                     "seeds": len(runs), "dev": r.dev, "updates_to_best": r.updates_to_best,
+                     "per_seed": [{"seed": x.seed, "score": x.test, "n": x.n, "ci_low": x.ci_low,
+                                   "ci_high": x.ci_high, "dev": x.dev} for x in runs]}
+            if len(runs) > 1:
+                from s3kit.eval import stats
+
+                over = stats.seed_summary([x.test for x in runs], bounds=stats.metric_bounds(r.metric))
+                entry.update(score=over.mean, seed_sd=over.sd, seed_ci_low=over.ci_low, seed_ci_high=over.ci_high,
+                             ci_low=None, ci_high=None)  # no pooled interval over seeds for these metrics
+            if getattr(r, "extra", {}).get("test_map") is not None:
+                entry["map"] = r.extra["test_map"]
+        else:
+            entry = summarise_seeds(runs, lines, cfg.seed)
+            entry.pop("layer_weights", None)
+        results[task] = entry
     return results
-
-
-def _cards_with_tasks(run: Path, results: dict) -> None:
-    """Merge the ``tasks`` stage's entries into each card's ``probe`` (after ``probe`` rewrote it)."""
-    for name, entries in results.items():
-        path = run / "models" / name / "card.json"
-        card = json.loads(path.read_text()) if path.exists() else {"name": name}
-        card.setdefault("probe", {}).update(entries)
-        _write_card(run, name, card)
 
 
 def _sid_splits(run: Path, data: dict, clips: int = 1) -> tuple[str, str, str]:
@@ -435,6 +405,11 @@ def _sid_splits(run: Path, data: dict, clips: int = 1) -> tuple[str, str, str]:
     for (split, items), p in zip(parts.items(), paths):
         save_cuts(CutSet.from_cuts(items), p)
     return tuple(str(p) for p in paths)
+
+
+def sid_data(run: Path, data: dict, clips: int = 1) -> dict:
+    """``{"sid_train": ..., "sid_dev": ..., "sid_test": ...}``: the manifests of :func:`_sid_splits`."""
+    return dict(zip(("sid_train", "sid_dev", "sid_test"), _sid_splits(run, data, clips)))
 
 
 # Training fractions of the low-resource table. The paper's 1 %, 5 %, 10 % of SUPERB KS are
@@ -511,6 +486,8 @@ def _code_key(fn: Callable) -> str:
 
 
 def stage_bias(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) -> dict:
+    """SpEAT (``cfg.bias_tests``) and isotropy of every model on the SpEAT stimuli: ``{model:
+    card entries}`` (``bias``, ``isotropy``, ``tsne``), which the driver writes into the cards."""
     from s3kit.eval.bias import bias
 
     names = list(models)
@@ -534,7 +511,6 @@ def stage_bias(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) 
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
             card["tsne"] = "tsne.png"
-        _write_card(run, name, card)
         out[name] = card
     return out
 
@@ -559,12 +535,13 @@ def codebook_teacher_for(cfg: DemoConfig) -> Path:
     return SHIPPED_CODEBOOK_TEACHER if cfg.teacher == "shipped" else SHIPPED_W2V2_TEACHER
 
 
-def stage_kws(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) -> dict:
-    """The on-device KWS comparison: the small student (1.6 M) from no-KD random init, from the
-    dvcc stage, and distilled with the wav2vec 2.0 demo teacher's codebook or a codebook learned
-    from scratch (eq. 8 alone); each fine-tuned ``kws_steps`` updates on the keyword training
-    clips, then scored on the clean and the 10 / 0 dB test clips. Posteriors are saved to
-    ``kws/scores/<row>_<condition>.npz`` for the ledger's paired bootstrap of FAR."""
+def kws_row(run: Path, cfg: DemoConfig, data: dict, name: str, student: str | None = None) -> dict:
+    """One row of the on-device KWS comparison (:data:`KWS_ROWS`): the small student (1.6 M) from
+    no-KD random init (``baseline``), from the dvcc stage (``dvcc``: pass its upstream as
+    ``student``), or distilled with the codebook teacher's codebook (``tcode``) or a codebook
+    learned from scratch (``scratch``, eq. 8 alone); fine-tuned ``kws_steps`` updates on the
+    keyword training clips, then scored on the clean and the 10 / 0 dB test clips. Posteriors go
+    to ``kws/scores/<row>_<condition>.npz`` for the ledger's paired bootstrap of FAR."""
     import numpy as np
 
     from s3kit.config import build
@@ -573,39 +550,39 @@ def stage_kws(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dict]) -
     from s3kit.methods.dvcc import DVCCConfig, distill_dvcc
     from s3kit.train import TrainConfig
 
+    if name not in KWS_ROWS:
+        raise ValueError(f"kws row {name!r}: choose one of {sorted(KWS_ROWS)}")
     out = run / "kws"
-    steps = max(1, cfg.distil_steps)
-
-    def distilled(name: str, teacher, **kw) -> str:
+    steps = max(1, cfg.kws_distil_steps)
+    if student is None:
+        if name == "dvcc":
+            raise ValueError("kws row 'dvcc' fine-tunes the dvcc student: pass its upstream")
+        kw = {"baseline": dict(teacher=None, codebook="none"), "tcode": dict(codebook="teacher"),
+              "scratch": dict(codebook="scratch")}[name]
+        teacher = kw.pop("teacher", str(codebook_teacher_for(cfg)))
         d = build(DVCCConfig, {
-            "student": "small", "batch_size": 32, "max_duration": 32.0, "stats_cuts": 500, **kw,
+            "student": "small", "batch_size": 32, "max_duration": 32.0, "stats_cuts": 500, "loss": "none", **kw,
             "train": {"out_dir": str(out / name / "distill"), "total_steps": steps, "lr": 2e-4, "log_every": 25,
                       "val_every": max(50, steps // 3), "save_every": max(50, steps // 3), "seed": cfg.seed,
                       "device": cfg.device}})
-        return str(distill_dvcc(teacher, data["keywords_train"], d, val_manifest=data["keywords_dev"],
-                                cache_dir=out / "w2v2_cache").checkpoint)
-
-    codebook_teacher = str(codebook_teacher_for(cfg))
-    students = {"baseline": distilled("baseline", None, loss="none", codebook="none"),
-                "dvcc": models["dvcc"]["upstream"],
-                "tcode": distilled("tcode", codebook_teacher, loss="none", codebook="teacher"),
-                "scratch": distilled("scratch", codebook_teacher, loss="none", codebook="scratch")}
-    tests = {cond: load_cuts(data[m]) for cond, m in KWS_CONDITIONS.items() if m in data}
-    result = {}
-    for name, student in students.items():
-        ft = kws.FinetuneConfig(batch_size=64, max_duration=64.0, train=TrainConfig(
-            out_dir=str(out / name / "finetune"), total_steps=cfg.kws_steps, lr=1e-3, warmup=0.07, log_every=25,
-            val_every=max(50, cfg.kws_steps // 3), save_every=max(50, cfg.kws_steps // 3), seed=cfg.seed,
-            device=cfg.device))
-        ckpt = kws.finetune(student, data["keywords_train"], ft, val_manifest=data["keywords_dev"]).checkpoint
-        clf, classes = kws.load_classifier(ckpt)
-        result[name] = {"checkpoint": str(ckpt), "classes": classes, "accuracy": {}}
-        for cond, cuts in tests.items():
-            probs, labels = kws.score(clf, cuts, classes)
-            path = out / "scores" / f"{name}_{cond.replace(' ', '')}.npz"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(path, probs=probs, labels=labels, ids=np.array([c.id for c in cuts]))
-            result[name]["accuracy"][cond] = float((probs.argmax(1) == labels).mean())
+        student = str(distill_dvcc(teacher, data["keywords_train"], d, val_manifest=data["keywords_dev"],
+                                   cache_dir=out / name / "teacher_cache").checkpoint)
+    ft = kws.FinetuneConfig(batch_size=cfg.kws_batch, max_duration=float(cfg.kws_batch), train=TrainConfig(
+        out_dir=str(out / name / "finetune"), total_steps=cfg.kws_steps, lr=1e-3, warmup=0.07, log_every=25,
+        val_every=max(50, cfg.kws_steps // 3), save_every=max(50, cfg.kws_steps // 3), seed=cfg.seed,
+        device=cfg.device))
+    ckpt = kws.finetune(student, data["keywords_train"], ft, val_manifest=data["keywords_dev"]).checkpoint
+    clf, classes = kws.load_classifier(ckpt)
+    result = {"checkpoint": str(ckpt), "classes": classes, "accuracy": {}}
+    for cond, manifest in KWS_CONDITIONS.items():
+        if manifest not in data:
+            continue
+        cuts = load_cuts(data[manifest])
+        probs, labels = kws.score(clf, cuts, classes)
+        path = out / "scores" / f"{name}_{cond.replace(' ', '')}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, probs=probs, labels=labels, ids=np.array([c.id for c in cuts]))
+        result["accuracy"][cond] = float((probs.argmax(1) == labels).mean())
     return result
 
 
@@ -862,11 +839,27 @@ def stage_findings(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dic
 # ----------------------------------------------------------------------------- driver
 
 
+# Rough seconds of each job at the full preset (one thread, idle 2-core CPU): the scheduler
+# starts the longest ready job first, so the long chains do not end up alone at the end.
+COSTS = {"distilhubert": 160, "dvcc": 240, "pruned": 100, "rewired": 30, "m2ds": 90, "m2d": 80,
+         "probe": 130, "mfcc probe": 60, "task-sets": 30, "tasks": 60, "bias": 120, "rewiring": 120,
+         "kws-baseline": 150, "kws-dvcc": 150, "kws-tcode": 350, "kws-scratch": 350}
+
+
+def _key(settings) -> str:
+    """A short hash of JSON-able ``settings``."""
+    import hashlib
+
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> Path:
-    """Run every stage (reusing finished ones) and return the report's HTML path."""
+    """Run every stage (reusing finished ones; ``cfg.workers`` of them side by side) and return
+    the report's HTML path."""
     import torch
 
     from s3kit.report import build_report
+    from s3kit.stages import Job, run_jobs
 
     torch.set_num_threads(cfg.threads)
     run = Path(cfg.out)
@@ -887,43 +880,75 @@ def demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> 
         "teacher": {"upstream": teacher["teacher"], "description": teacher.get("description") or "tiny MelHuBERT teacher",
                     "source": "s3kit pretrain melhubert --arch tiny"},
     }
-    versions = {}  # what each model is: later stages rerun when a student is remade
+    teacher_version = _key({"teacher": cfg.teacher, "steps": cfg.teacher_steps, "seed": cfg.seed})
+    # what each model is: a model's later stages rerun when it is remade
+    versions = {"mfcc": "mfcc", "teacher": teacher_version, "teacher-init": teacher_version}
+    jobs: list[Job] = []
     for name, make in STUDENTS:
         student_settings = {"steps": cfg.distil_steps, "seed": cfg.seed, "teacher": teacher["teacher"],
                             "corpus": _corpus_options(cfg), "code": _code_key(make)}
-        result = _run_stage(run, name, student_settings, lambda make=make: make(run, cfg, data, teacher), log,
-                            workdir=run / name)
-        models[name] = result
-        versions[name] = student_settings["code"]
-    settings = {"tasks": cfg.tasks, "updates": cfg.probe_updates, "pr_updates": cfg.pr_updates, "lr": cfg.probe_lr,
-                "models": {n: versions.get(n, m["upstream"]) for n, m in sorted(models.items())}, "seed": cfg.seed,
-                "seeds": cfg.probe_seeds, "sid_clips": cfg.sid_clips, "corpus": _corpus_options(cfg),
-                "code": _code_key(stage_probe)}
-    _run_stage(run, "probe", settings, lambda: stage_probe(run, cfg, data, models), log)
+        versions[name] = _key(student_settings)
+        jobs.append(Job(name, student_settings, make, (run, cfg, data, teacher), workdir=run / name, cost=COSTS[name]))
+    names = [*models, *(n for n, _ in STUDENTS)]
+
+    def model(name: str, results: dict) -> dict:
+        return models[name] if name in models else results[name]
+
+    def everything(results: dict) -> dict[str, dict]:
+        return {n: model(n, results) for n in names}
+
+    def made(name: str) -> tuple[str, ...]:  # a student's later jobs wait for it
+        return () if name in models else (name,)
+
+    if "sid" in cfg.tasks:
+        data = {**data, **sid_data(run, data, cfg.sid_clips)}
+    probe_settings = {"tasks": cfg.tasks, "updates": cfg.probe_updates, "pr_updates": cfg.pr_updates,
+                      "lr": cfg.probe_lr, "seed": cfg.seed, "seeds": cfg.probe_seeds, "sid_clips": cfg.sid_clips,
+                      "corpus": _corpus_options(cfg), "code": _code_key(probe_model)}
+    for name in names:
+        jobs.append(Job(f"probe-{name}", {**probe_settings, "model": versions[name]}, probe_model,
+                        lambda r, name=name: (run, cfg, data, name, model(name, r)), made(name),
+                        cost=COSTS["mfcc probe" if name == "mfcc" else "probe"]))
     if cfg.extra_tasks:
-        task_results = _run_stage(run, "tasks", {"tasks": cfg.extra_tasks, "seeds": cfg.extra_task_seeds,
-                                                 "updates": cfg.extra_task_updates, "sets": cfg.extra_task_sets,
-                                                 "seed": cfg.seed, "models": settings["models"],
-                                                 "code": _code_key(stage_tasks)},
-                                  lambda: stage_tasks(run, cfg, models), log)
-        _cards_with_tasks(run, task_results)
-    _run_stage(run, "bias", {**settings, "tests": cfg.bias_tests, "permutations": cfg.permutations,
-                             "code": _code_key(stage_bias)},
-               lambda: stage_bias(run, cfg, data, models), log)
-    if "rewired" in models and "ks" in cfg.tasks:
-        _run_stage(run, "rewiring", {"updates": cfg.probe_updates, "lr": cfg.probe_lr, "seed": cfg.seed,
+        set_settings = {"tasks": cfg.extra_tasks, "sets": cfg.extra_task_sets, "seed": cfg.seed,
+                        "code": _code_key(build_task_sets)}
+        jobs.append(Job("task-sets", set_settings, build_task_sets, (run, cfg), cost=COSTS["task-sets"]))
+        task_settings = {"sets": set_settings, "seeds": cfg.extra_task_seeds, "updates": cfg.extra_task_updates,
+                         "code": _code_key(tasks_for_model)}
+        for name in names:
+            jobs.append(Job(f"tasks-{name}", {**task_settings, "model": versions[name]}, tasks_for_model,
+                            lambda r, name=name: (run, cfg, r["task-sets"], name, model(name, r)),
+                            ("task-sets", *made(name)), cost=COSTS["tasks"]))
+    jobs.append(Job("bias", {"models": versions, "tests": cfg.bias_tests, "permutations": cfg.permutations,
+                             "seed": cfg.seed, "corpus": _corpus_options(cfg), "code": _code_key(stage_bias)},
+                    stage_bias, lambda r: (run, cfg, data, everything(r)), tuple(n for n, _ in STUDENTS), cost=COSTS["bias"]))
+    if "rewired" in names and "ks" in cfg.tasks:  # after the KS probes of both: their feature caches are reused
+        jobs.append(Job("rewiring", {"updates": cfg.probe_updates, "lr": cfg.probe_lr, "seed": cfg.seed,
                                      "seeds": cfg.probe_seeds, "corpus": _corpus_options(cfg),
-                                     "rewired": versions["rewired"], "code": _code_key(stage_rewiring)},
-                   lambda: stage_rewiring(run, cfg, data, models), log)
+                                     "models": {n: versions[n] for n in ("teacher", "rewired")},
+                                     "code": _code_key(stage_rewiring)},
+                        stage_rewiring, lambda r: (run, cfg, data, everything(r)),
+                        ("rewired", "probe-teacher", "probe-rewired"), cost=COSTS["rewiring"]))
+    rows = list(KWS_ROWS) if "dvcc" in names else []
+    for row in rows:
+        jobs.append(Job(f"kws-{row}", {"steps": cfg.kws_distil_steps, "kws_steps": cfg.kws_steps, "batch": cfg.kws_batch,
+                                       "seed": cfg.seed,
+                                       "corpus": _corpus_options(cfg), "code": _code_key(kws_row),
+                                       "student": versions["dvcc"] if row == "dvcc" else None},
+                        kws_row, lambda r, row=row: (run, cfg, data, row, r["dvcc"]["upstream"] if row == "dvcc" else None),
+                        ("dvcc",) if row == "dvcc" else (), cost=COSTS[f"kws-{row}"]))
+    results = run_jobs(run, jobs, log, workers=cfg.workers, seed=cfg.seed, threads=cfg.threads)
+    models = everything(results)
+    for name in names:  # each card from its stages' results, written here only (jobs run side by side)
+        card = {**results[f"probe-{name}"], **results["bias"].get(name, {})}
+        card["probe"] = {**card["probe"], **(results[f"tasks-{name}"] if cfg.extra_tasks else {})}
+        (run / "models" / name).mkdir(parents=True, exist_ok=True)
+        (run / "models" / name / "card.json").write_text(json.dumps(card, indent=2))
+    kws_result = {row: results[f"kws-{row}"] for row in rows} or None
     from s3kit.eval import findings as findings_module
 
-    kws_result = None
-    if "dvcc" in models:
-        kws_result = _run_stage(run, "kws", {"steps": cfg.distil_steps, "kws_steps": cfg.kws_steps, "seed": cfg.seed,
-                                             "corpus": _corpus_options(cfg), "dvcc": versions["dvcc"],
-                                             "code": _code_key(stage_kws)},
-                                lambda: stage_kws(run, cfg, data, models), log)
-    _run_stage(run, "findings", {**settings, "bootstrap": cfg.bootstrap, "kws": kws_result is not None,
+    inputs = {k: v for k, v in results.items() if k.startswith(("probe-", "kws-", "rewiring", "bias"))}
+    _run_stage(run, "findings", {"bootstrap": cfg.bootstrap, "tasks": cfg.tasks, "inputs": _key(inputs),
                                  "code": _code_key(stage_findings) + _code_key(findings_module)},
                lambda: stage_findings(run, cfg, data, models, kws_result), log)
     page = build_report(run, title="s3kit demo: tiny teacher, its students, and what they keep")
