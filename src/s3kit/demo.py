@@ -1,28 +1,32 @@
 """The main job: from nothing to a model card and report, on the synthetic corpus, on CPU.
 
 Stages (each resumable: a finished stage leaves ``RUN/stages/<name>.json`` and is skipped on
-the next run with the same settings; training stages also resume from their last checkpoint):
+the next run with the same settings and the same stages upstream; training stages also resume
+from their last checkpoint). After the teacher, independent stages run side by side on
+``workers`` processes (:mod:`s3kit.stages`; each worker's output in ``RUN/logs/<stage>.log``),
+the longest ready one first:
 
 1. ``corpus``    synthesise the TTS corpus (keywords, commands, sentences, noise, SpEAT sets);
 2. ``teacher``   the tiny MelHuBERT teacher shipped in ``s3kit/assets/demo_teacher`` (or, with
                  ``teacher=train``, pretrain one: MFCC k-means targets), plus the same
                  architecture at random initialisation as a control;
-3. students      DistilHuBERT, DVCC (on-device KWS student), head+row pruning, Neutral
-                 rewiring, M2D-S and plain M2D (its control), each from the teacher (a stage
-                 reruns when its code changes);
-4. ``probe``     SUPERB-style probes (KS, IC, SID, PR) of every model with ``probe_seeds`` seeds,
+3. students      ``distilhubert``, ``dvcc`` (on-device KWS student), ``pruned`` (head + row
+                 pruning), ``rewired`` (Neutral rewiring), ``m2ds`` and plain ``m2d`` (its
+                 control), each from the teacher (a stage reruns when its code changes);
+4. ``probe-NAME`` SUPERB-style probes (KS, IC, SID, PR) of one model with ``probe_seeds`` seeds,
                  plus speed and size; per-item results in ``models/NAME/predictions/<task>.jsonl.gz``;
-   ``tasks``     the further tasks ``extra_tasks`` (QbE, SD, speaking style, ENV, MUS; SF on request)
-                 on their synthetic sets (``RUN/data/tasks``), ``extra_task_seeds`` seeds, into the
-                 same cards and prediction files;
+   ``task-sets``, ``tasks-NAME``  the further tasks ``extra_tasks`` (QbE, SD, speaking style,
+                 ENV, MUS; SF on request) on their synthetic sets (``RUN/data/tasks``),
+                 ``extra_task_seeds`` seeds, into the same cards and prediction files;
 5. ``bias``      SpEAT d with p-values per model and per layer, isotropy, t-SNE;
 6. ``rewiring``  teacher vs rewired: isotropy, t-SNE and low-resource KS with updates-to-best;
-7. ``kws``       the DVCC comparison: no-KD baseline, DVCC, teacher vs scratch codebook, fine-tuned
-                 and scored on clean and noisy keyword clips;
+7. ``kws-ROW``   the DVCC comparison, one row each: no-KD baseline, DVCC, teacher vs scratch
+                 codebook, fine-tuned and scored on clean and noisy keyword clips;
 8. ``findings``  the ledger (``report/findings.json``): each seed paper's claims with the effect
                  measured here, its interval, Holm-adjusted p and a computed verdict;
-9. ``report``    ``RUN/report/index.html`` + ``index.md``: the ledger first, a card per model,
-                 tables, plots, and the extra sections of ``RUN/sections/*.json``.
+9. ``report``    ``RUN/report/index.html`` + ``index.md``: the ledger first, a card per model
+                 (``models/NAME/card.json``, written from the stages' results), tables, plots,
+                 and the extra sections of ``RUN/sections/*.json``.
 """
 
 from __future__ import annotations

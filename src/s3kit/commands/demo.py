@@ -17,7 +17,8 @@ def register(sub) -> None:
         "-> SUPERB-style probes (3 seeds), speed/size -> further tasks (QbE, SD, style, ENV, MUS, 1 seed; "
         "extra_tasks=[...] extra_task_seeds=N, sf on request) -> SpEAT bias, isotropy -> rewiring analysis (isotropy, "
         "low-resource KS) -> DVCC KWS comparison -> findings ledger (each paper's claims: effect, 95 % interval, "
-        "Holm-adjusted p, computed verdict) -> OUT/report/index.html. Finished stages are "
+        "Holm-adjusted p, computed verdict) -> OUT/report/index.html. Independent stages run side by side on "
+        "workers=N processes (default 2, one thread each; their output in OUT/logs/). Finished stages are "
         "reused on the next run; extra settings as key=value (e.g. probe_seeds=5 keywords_per_class=[80,40,40]).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

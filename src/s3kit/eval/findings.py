@@ -205,35 +205,24 @@ def retained(student, teacher, floor, null: float = 0.5, n_bootstrap: int = 2000
 # ----------------------------------------------------------------------------- SpEAT
 
 
-def speat_d(emb: np.ndarray, x, y, a, b) -> float:
-    """SpEAT effect size d (eq. 2) of the rows ``x, y`` (targets) and ``a, b`` (attributes) of ``emb [N, D]``."""
-    from s3kit.eval.speat import effect_size
-
-    return effect_size(emb[x], emb[y], emb[a], emb[b])
-
-
-def _resample_sets(rng: np.random.Generator, sets: Sequence[np.ndarray]) -> list[np.ndarray]:
-    return [s[rng.integers(0, len(s), len(s))] for s in sets]
-
-
 def speat_interval(emb: np.ndarray, x, y, a, b, n_bootstrap: int = 2000, seed: int = 0, level: float = LEVEL,
                    baseline: np.ndarray | None = None) -> Estimate:
     """d with the interval that resamples targets AND attributes (each set within itself) and the
-    bootstrap p of d = 0. With ``baseline`` (the same stimuli embedded by another model, ``[N, D']``):
-    d(emb) - d(baseline), the same resample applied to both (paired)."""
+    bootstrap p of d = 0 (:func:`s3kit.eval.speat.bootstrap_d`). With ``baseline`` (the same
+    stimuli embedded by another model, ``[N, D']``): d(emb) - d(baseline), the same resample
+    applied to both (:func:`s3kit.eval.speat.speat_difference`)."""
+    from s3kit.eval.speat import bootstrap_d, speat_difference
+
     sets = [np.asarray(s, dtype=int) for s in (x, y, a, b)]
     for s, name in zip(sets, "xyab"):
         if len(s) < 2:
             raise ValueError(f"SpEAT set {name} has {len(s)} stimuli; need at least 2")
-
-    def stat(ix, iy, ia, ib):
-        d = speat_d(emb, ix, iy, ia, ib)
-        return d - speat_d(baseline, ix, iy, ia, ib) if baseline is not None else d
-
-    rng = np.random.default_rng(seed)
-    value = stat(*sets)
-    reps = np.array([stat(*_resample_sets(rng, sets)) for _ in range(n_bootstrap)], dtype=float)
-    return _estimate(value, reps, 0.0, sum(len(s) for s in sets), level)
+    n = sum(len(s) for s in sets)
+    if baseline is None:
+        d, reps = bootstrap_d(*(emb[s] for s in sets), n_bootstrap=n_bootstrap, seed=seed, resample="both")
+        return _estimate(d, reps, 0.0, n, level)
+    r = speat_difference(tuple(emb[s] for s in sets), tuple(baseline[s] for s in sets), n_bootstrap, seed, level, "both")
+    return Estimate(float(r.diff), float(r.ci_low), float(r.ci_high), float(r.p), n)
 
 
 def isotropy_difference(emb_a: np.ndarray, emb_b: np.ndarray, n_bootstrap: int = 500, seed: int = 0) -> Estimate:
@@ -271,5 +260,5 @@ def markdown_table(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 __all__ = ["ALPHA", "DIRECTIONS", "Estimate", "Finding", "KEYS", "VERDICTS", "bootstrap", "difference", "finding",
-           "isotropy_difference", "item_values", "ledger", "markdown_table", "rate", "retained", "speat_d",
+           "isotropy_difference", "item_values", "ledger", "markdown_table", "rate", "retained",
            "speat_interval", "two_sided_p", "unmeasured", "verdict"]

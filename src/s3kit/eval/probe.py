@@ -461,34 +461,33 @@ def _better(spec: TaskSpec, a: float, b: float) -> bool:
     return a > b if spec.higher_is_better else a < b
 
 
-def _train_once(spec: TaskSpec, task: str, upstream_name: str, labels: Labels, splits: dict[str, _Split],
-                layers: list[int], layer_index: int | None, cfg: ProbeConfig, device) -> ProbeResult:
+def train_loop(model, num_items: int, step_loss, evaluate, cfg: ProbeConfig, lr: float, max_updates: int,
+               eval_every: int, higher_is_better: bool, desc: str, on_best=None):
+    """Every probe's loop (SUPERB tasks here, SD / SF / linear evaluation in :mod:`s3kit.eval.tasks`):
+    Adam at a constant ``lr`` (s3prl's scheduler block is commented out), gradient clipping,
+    back-to-back shuffled epochs of ``cfg.batch_size`` items, the dev metric every ``eval_every``
+    updates, early stop after ``cfg.patience`` stale evaluations; the best dev state is loaded
+    back into ``model``.
+
+    ``step_loss(index) -> loss`` for a batch of item indices; ``evaluate() -> dev metric``;
+    ``on_best(update, score)`` is called at each new best (e.g. to save a checkpoint).
+    Returns ``(best dev, updates-to-best, updates run, curve [(update, dev)])``.
+    """
     from tqdm.auto import tqdm
 
-    from s3kit import checkpoint
-
-    lr = cfg.lr if cfg.lr is not None else spec.lr
-    max_updates = cfg.max_updates or spec.max_updates
-    eval_every = min(cfg.eval_every or spec.eval_every, max_updates)
     torch.manual_seed(cfg.seed)
-    train, dev, test = splits["train"], splits["dev"], splits["test"]
-    dim = train.feats.dim
-    model = build_probe(spec, labels, len(layers), dim, cfg, layer_index).to(device)
-    optim = torch.optim.Adam(model.parameters(), lr=lr)  # constant lr: s3prl's scheduler block is commented out
+    optim = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    name = f"{task}-frac{cfg.fraction:g}-lr{lr:g}-seed{cfg.seed}"
-    ckpt = str(Path(cfg.checkpoint_dir).expanduser() / name) if cfg.checkpoint_dir else None
+    eval_every = min(eval_every, max_updates)
     order: list[int] = []
-    best, best_update, best_state, curve, stale = None, 0, None, [], 0
-    bar = tqdm(total=max_updates, desc=f"probe {task} lr={lr:g}", unit="upd", disable=not cfg.progress)
-    update = 0
+    best, best_update, best_state, curve, stale, update = None, 0, None, [], 0, 0
+    bar = tqdm(total=max_updates, desc=desc, unit="upd", disable=not cfg.progress)
     model.train()
     while update < max_updates:
-        if len(order) < min(cfg.batch_size, len(train)):
-            order += torch.randperm(len(train), generator=gen).tolist()  # epochs run back to back
+        if len(order) < min(cfg.batch_size, num_items):
+            order += torch.randperm(num_items, generator=gen).tolist()  # epochs run back to back
         index, order = order[: cfg.batch_size], order[cfg.batch_size:]
-        states, lengths, targets = train.batch(index, device)
-        loss = _loss(spec, labels, model(states, lengths), lengths, targets)
+        loss = step_loss(index)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -496,21 +495,52 @@ def _train_once(spec: TaskSpec, task: str, upstream_name: str, labels: Labels, s
         update += 1
         bar.update(1)
         if update % eval_every == 0 or update == max_updates:
-            score = evaluate(model, dev, spec, labels, device, cfg.batch_size)
+            model.eval()
+            with torch.no_grad():
+                score = evaluate()
+            model.train()
             curve.append((update, score))
             bar.set_postfix(loss=f"{loss.item():.3f}", dev=f"{score:.4f}")
-            if best is None or _better(spec, score, best):
+            if best is None or (score > best if higher_is_better else score < best):
                 best, best_update, stale = score, update, 0
                 best_state = copy.deepcopy(model.state_dict())
-                if cfg.checkpoint_dir:
-                    checkpoint.save(ckpt, model, cfg, task=task, upstream=upstream_name, update=update, dev=score,
-                                    layers=layers, vocabulary=labels.vocabulary())
+                if on_best is not None:
+                    on_best(update, score)
             else:
                 stale += 1
                 if cfg.patience is not None and stale >= cfg.patience:
                     break
     bar.close()
     model.load_state_dict(best_state)
+    model.eval()
+    return best, best_update, update, curve
+
+
+def _train_once(spec: TaskSpec, task: str, upstream_name: str, labels: Labels, splits: dict[str, _Split],
+                layers: list[int], layer_index: int | None, cfg: ProbeConfig, device) -> ProbeResult:
+    from s3kit import checkpoint
+
+    lr = cfg.lr if cfg.lr is not None else spec.lr
+    max_updates = cfg.max_updates or spec.max_updates
+    eval_every = cfg.eval_every or spec.eval_every
+    torch.manual_seed(cfg.seed)
+    train, dev, test = splits["train"], splits["dev"], splits["test"]
+    model = build_probe(spec, labels, len(layers), train.feats.dim, cfg, layer_index).to(device)
+    name = f"{task}-frac{cfg.fraction:g}-lr{lr:g}-seed{cfg.seed}"
+    ckpt = str(Path(cfg.checkpoint_dir).expanduser() / name) if cfg.checkpoint_dir else None
+
+    def step_loss(index):
+        states, lengths, targets = train.batch(index, device)
+        return _loss(spec, labels, model(states, lengths), lengths, targets)
+
+    def save(update, score):
+        if ckpt:
+            checkpoint.save(ckpt, model, cfg, task=task, upstream=upstream_name, update=update, dev=score,
+                            layers=layers, vocabulary=labels.vocabulary())
+
+    best, best_update, update, curve = train_loop(
+        model, len(train), step_loss, lambda: evaluate(model, dev, spec, labels, device, cfg.batch_size), cfg, lr,
+        max_updates, eval_every, spec.higher_is_better, f"probe {task} lr={lr:g}", on_best=save)
     predictions = predict(model, test, spec, labels, device, cfg.batch_size)
     test_score = score_items(predictions)
     interval = score_interval(predictions, seed=cfg.seed)

@@ -197,22 +197,30 @@ def _bootstrap_d_paired(cosines: list[tuple[np.ndarray, np.ndarray]], n_x: int, 
     return out
 
 
-def bootstrap_ci(X, Y, A, B, n_bootstrap: int = N_BOOTSTRAP, level: float = 0.95, seed: int = 0,
-                 resample: str = "both") -> tuple[float, float]:
-    """Percentile bootstrap interval ``(low, high)`` of d at ``level``.
+def bootstrap_d(X, Y, A, B, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, resample: str = "both"
+                ) -> tuple[float, np.ndarray]:
+    """d of eq. (2) and its ``[n_bootstrap]`` bootstrap replicates.
 
     Each replicate redraws, with replacement within its set, the targets X, Y (``"targets"``),
     the attributes A, B (``"attributes"``) or all four (``"both"``) and recomputes eq. (2).
     Shapes as :func:`effect_size`.
     """
     _check_resample(resample)
-    if not 0 < level < 1:
-        raise ValueError(f"bootstrap level must be in (0, 1), got {level}")
     _validate_sizes(X, Y)
     X, Y, A, B = (_as_matrix(v, k) for v, k in ((X, "X"), (Y, "Y"), (A, "A"), (B, "B")))
     _check_dims(X=X, Y=Y, A=A, B=B)
     W = _unit(np.concatenate([X, Y]))
-    reps = _bootstrap_d(W @ _unit(A).T, W @ _unit(B).T, len(X), n_bootstrap, seed, resample)
+    cos_a, cos_b = W @ _unit(A).T, W @ _unit(B).T
+    s = cos_a.mean(1) - cos_b.mean(1)
+    return _d_from_s(s[: len(X)], s[len(X):]), _bootstrap_d(cos_a, cos_b, len(X), n_bootstrap, seed, resample)
+
+
+def bootstrap_ci(X, Y, A, B, n_bootstrap: int = N_BOOTSTRAP, level: float = 0.95, seed: int = 0,
+                 resample: str = "both") -> tuple[float, float]:
+    """Percentile bootstrap interval ``(low, high)`` of d at ``level`` (replicates of :func:`bootstrap_d`)."""
+    if not 0 < level < 1:
+        raise ValueError(f"bootstrap level must be in (0, 1), got {level}")
+    _, reps = bootstrap_d(X, Y, A, B, n_bootstrap, seed, resample)
     lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 

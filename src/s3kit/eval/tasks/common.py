@@ -1,5 +1,6 @@
 """What the SD, SF, QbE and linear-evaluation tasks share with :mod:`s3kit.eval.probe`: the
-result type, loading upstream / manifests, and the frozen-feature cache.
+result type, loading upstream / manifests, and the frozen-feature cache (their training loop is
+:func:`s3kit.eval.probe.train_loop`).
 
 Dimension legend: ``L`` layers, ``T`` frames, ``D`` width.
 """
@@ -73,57 +74,3 @@ def frame_batch(feats, ids: list[str], device, spans: list[tuple[int, int]] | No
     for b, it in enumerate(items):
         states[b, :, : it.shape[1]] = it
     return states.to(device), lengths.to(device)
-
-
-def train_loop(model, num_items: int, step_loss, evaluate, cfg: ProbeConfig, lr: float, max_updates: int,
-               eval_every: int, higher_is_better: bool, desc: str):
-    """The probes' loop (as :func:`s3kit.eval.probe._train_once`): Adam at a constant ``lr``,
-    gradient clipping, back-to-back shuffled epochs of ``cfg.batch_size`` items, the dev metric
-    every ``eval_every`` updates, early stop after ``cfg.patience`` stale evaluations; the best
-    dev state is loaded back into ``model``.
-
-    ``step_loss(index) -> loss`` for a batch of item indices; ``evaluate() -> dev metric``.
-    Returns ``(best dev, updates-to-best, updates run, curve [(update, dev)])``.
-    """
-    import copy
-
-    import torch
-    from tqdm.auto import tqdm
-
-    torch.manual_seed(cfg.seed)
-    optim = torch.optim.Adam(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    eval_every = min(eval_every, max_updates)
-    order: list[int] = []
-    best, best_update, best_state, curve, stale, update = None, 0, None, [], 0, 0
-    bar = tqdm(total=max_updates, desc=desc, unit="upd", disable=not cfg.progress)
-    model.train()
-    while update < max_updates:
-        if len(order) < min(cfg.batch_size, num_items):
-            order += torch.randperm(num_items, generator=gen).tolist()
-        index, order = order[: cfg.batch_size], order[cfg.batch_size:]
-        loss = step_loss(index)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optim.step()
-        update += 1
-        bar.update(1)
-        if update % eval_every == 0 or update == max_updates:
-            model.eval()
-            with torch.no_grad():
-                score = evaluate()
-            model.train()
-            curve.append((update, score))
-            bar.set_postfix(loss=f"{loss.item():.3f}", dev=f"{score:.4f}")
-            if best is None or (score > best if higher_is_better else score < best):
-                best, best_update, stale = score, update, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
-                if cfg.patience is not None and stale >= cfg.patience:
-                    break
-    bar.close()
-    model.load_state_dict(best_state)
-    model.eval()
-    return best, best_update, update, curve

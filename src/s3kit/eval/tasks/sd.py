@@ -240,7 +240,8 @@ def run_sd(upstream, train, dev, test, cfg: ProbeConfig = ProbeConfig(), sd: SDC
     as ``predictions``; ``extra``: the chosen threshold / median, dev grid, test DER components)."""
     from s3kit.data.subsets import stratified_subset
     from s3kit.eval.probe import _device
-    from s3kit.eval.tasks.common import TaskResult, features, frame_batch, layer_position, load_inputs, train_loop
+    from s3kit.eval.probe import train_loop
+    from s3kit.eval.tasks.common import TaskResult, features, frame_batch, layer_position, load_inputs
 
     upstream, cuts = load_inputs(upstream, {"train": train, "dev": dev, "test": test}, "sd")
     feats = features(upstream, cuts, cfg, pooled=False)

@@ -234,7 +234,8 @@ def run_sf(upstream, train, dev, test, cfg: ProbeConfig = ProbeConfig(), sf: SFC
     from s3kit.data.subsets import stratified_subset
     from s3kit.eval.heads import BLSTMCTCHead, ProbeModel, WeightedSum, ctc_loss
     from s3kit.eval.probe import _device
-    from s3kit.eval.tasks.common import TaskResult, features, frame_batch, layer_position, load_inputs, train_loop
+    from s3kit.eval.probe import train_loop
+    from s3kit.eval.tasks.common import TaskResult, features, frame_batch, layer_position, load_inputs
 
     upstream, cuts = load_inputs(upstream, {"train": train, "dev": dev, "test": test}, "sf")
     feats = features(upstream, cuts, cfg, pooled=False)
