@@ -234,3 +234,43 @@ def test_table_cli_takes_eval_settings(monkeypatch, tmp_path):
                                       "snr_db=0", "bootstrap=50"])
     assert args.func(args) == 0
     assert (seen["cfg"].target_frr, seen["cfg"].snr_db, seen["cfg"].bootstrap) == (0.05, 0.0, 50)
+
+
+def test_noise_augmentation_mixes_training_clips_at_the_drawn_snr_and_leaves_evaluation_clean():
+    """FinetuneConfig's noise augmentation: with noise_prob 1 every row's valid samples get noise at
+    an SNR inside noise_snr (measured back from the mixture), padding stays zero; with noise_prob
+    0, or in eval mode, the clips are untouched; out-of-range options are refused."""
+    from types import SimpleNamespace
+
+    from s3kit.eval.kws import FinetuneConfig, KWSClassifier, KWSFinetune
+    from s3kit.models.kws_student import KWSStudent, config_for
+
+    rng = np.random.default_rng(0)
+    noise = [rng.standard_normal(4000).astype(np.float32)]
+    wavs = torch.zeros(3, 1600)
+    lengths = torch.tensor([1600, 1200, 800])
+    for b, n in enumerate(lengths.tolist()):
+        wavs[b, :n] = torch.sin(torch.arange(n) * 0.05 * (b + 1))
+    clf = KWSClassifier(KWSStudent(config_for("tiny")), 2)
+    m = KWSFinetune(clf, ["yes", "no"], FinetuneConfig(noise_prob=1.0, noise_snr=(5.0, 10.0)), noise)
+    out = m.augment(wavs, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        added = out[b, :n] - wavs[b, :n]
+        snr = 10 * math.log10(float(wavs[b, :n].pow(2).mean() / added.pow(2).mean()))
+        assert 5.0 - 1e-3 <= snr <= 10.0 + 1e-3
+        assert torch.all(out[b, n:] == 0)
+    off = KWSFinetune(clf, ["yes", "no"], FinetuneConfig(noise_prob=0.0), noise)
+    assert torch.equal(off.augment(wavs, lengths), wavs)
+    seen = []
+    m.classifier.forward_wav = lambda w, lens: (seen.append(w), torch.zeros(len(w), 2))[1]
+    batch = SimpleNamespace(wavs=wavs, lengths=lengths, cuts=[])
+    m.targets = lambda cuts, device: torch.zeros(3, dtype=torch.long)
+    m.eval()
+    m.step(batch)
+    m.train()
+    m.step(batch)
+    assert torch.equal(seen[0], wavs) and not torch.equal(seen[1], wavs)
+    with pytest.raises(ValueError, match="noise_prob"):
+        FinetuneConfig(noise_prob=1.5)
+    with pytest.raises(ValueError, match="noise_snr"):
+        FinetuneConfig(noise_snr=(10.0, 0.0))

@@ -48,6 +48,14 @@ def test_jobs_run_after_their_dependencies_and_are_reused(tmp_path):
     assert sum(line.endswith("running") for line in log) == 2
 
 
+def test_a_cheap_job_that_others_wait_for_starts_before_a_costly_leaf(tmp_path):
+    jobs = [Job("leaf", {}, add, (0, 0), cost=10), Job("student", {}, add, (0, 1), cost=2),
+            Job("probe", {}, add, (0, 2), deps=("student",), cost=9)]
+    log = []
+    run_jobs(tmp_path, jobs, log.append)
+    assert [line.split("]")[0][1:] for line in log] == ["student", "student", "leaf", "leaf", "probe", "probe"]
+
+
 def test_two_workers_run_independent_jobs_side_by_side_with_the_same_random_state(tmp_path):
     jobs = [Job(f"s{k}", {}, slow_pid, (1.0,)) for k in range(2)] + [Job(f"d{k}", {"k": k}, draw) for k in range(2)]
     out = run_jobs(tmp_path, jobs, lambda s: None, workers=2, seed=7)

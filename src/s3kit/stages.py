@@ -3,10 +3,10 @@
 A *stage* is a named step whose JSON-able result is stored under ``RUN/stages/<name>.json``
 together with the settings that made it; a later run with the same settings reuses it
 (:class:`Stage`, :func:`run_stage`). A :class:`Job` is a stage with dependencies;
-:func:`run_jobs` starts every job whose dependencies have finished, the costliest first, on
-``workers`` processes (``workers=1``: one after the other in this process). The demo's models
-are tiny, so one thread per process is fastest: on a 2-core CPU two processes finish about
-twice as many stages per minute as one process with two threads.
+:func:`run_jobs` starts every job whose dependencies have finished on ``workers`` processes
+(``workers=1``: one after the other in this process), the ready job with the costliest chain of
+jobs waiting for it first (its critical path, :func:`_ranks`). The demo's models are tiny and a
+step of theirs runs fastest on one thread, so the demo uses a second core with a second process.
 
 Jobs run in worker processes forked from this one (spawned once CUDA is initialised here, as
 a forked child cannot use it; spawning re-imports the ``__main__`` script, which then needs the
@@ -87,7 +87,7 @@ def run_stage(run: Path, name: str, settings: dict, fn: Callable[[], dict], log,
 class Job:
     """A stage with dependencies. ``args``: the arguments of ``fn``, or a function of the results
     of the finished jobs (``{name: result}``) that returns them, called when the job starts.
-    ``cost``: rough seconds, only to start the longest ready job first."""
+    ``cost``: rough seconds, only to order the ready jobs (:func:`_ranks`)."""
 
     name: str
     settings: dict
@@ -191,6 +191,27 @@ def _chained_settings(jobs: dict[str, Job], known: dict[str, Any]) -> dict[str, 
     return out
 
 
+def _ranks(jobs: dict[str, Job]) -> dict[str, float]:
+    """Each job's cost plus the costliest chain of jobs that wait for it (its critical path):
+    the scheduler starts the ready job with the longest path first, so a student that the
+    probes wait for goes before a probe of a model that is already there."""
+    waiting: dict[str, list[str]] = {n: [] for n in jobs}
+    for job in jobs.values():
+        for d in job.deps:
+            if d in waiting:
+                waiting[d].append(job.name)
+    rank: dict[str, float] = {}
+
+    def of(name: str) -> float:
+        if name not in rank:
+            rank[name] = jobs[name].cost + max((of(w) for w in waiting[name]), default=0.0)
+        return rank[name]
+
+    for name in jobs:
+        of(name)
+    return rank
+
+
 def run_jobs(run: Path, jobs: list[Job], log: Callable[[str], None] = print, workers: int = 1, seed: int = 0,
              threads: int | None = 1, results: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``jobs`` (each a :class:`Job`) respecting their ``deps``; ``results``: those already
@@ -209,6 +230,7 @@ def run_jobs(run: Path, jobs: list[Job], log: Callable[[str], None] = print, wor
         raise ValueError(f"run_jobs: unknown dependencies {unknown}")
     pending = {j.name: j for j in jobs}
     settings = _chained_settings(pending, results)
+    rank = _ranks(pending)
     parallel = workers > 1
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(_start_method())) if parallel else _InProcess()
     running: dict[Future, tuple[Job, Stage, float]] = {}
@@ -218,7 +240,8 @@ def run_jobs(run: Path, jobs: list[Job], log: Callable[[str], None] = print, wor
             progressed = True
             while progressed and failure is None:  # reuse finished stages, start ready ones
                 progressed = False
-                ready = sorted((j for j in pending.values() if all(d in results for d in j.deps)), key=lambda j: -j.cost)
+                ready = sorted((j for j in pending.values() if all(d in results for d in j.deps)),
+                               key=lambda j: -rank[j.name])
                 for job in ready:
                     stage = Stage(run, job.name, settings[job.name])
                     cached = stage.done()

@@ -225,7 +225,7 @@ def speat_interval(emb: np.ndarray, x, y, a, b, n_bootstrap: int = 2000, seed: i
     return Estimate(float(r.diff), float(r.ci_low), float(r.ci_high), float(r.p), n)
 
 
-def isotropy_difference(emb_a: np.ndarray, emb_b: np.ndarray, n_bootstrap: int = 500, seed: int = 0) -> Estimate:
+def isotropy_difference(emb_a: np.ndarray, emb_b: np.ndarray, n_bootstrap: int = 2000, seed: int = 0) -> Estimate:
     """log10 isotropy of ``emb_a [N, D]`` minus that of ``emb_b [N, D']`` (the same N items), items resampled jointly."""
     from s3kit.eval.isotropy import log10_isotropy
 

@@ -87,8 +87,20 @@ class FinetuneConfig:
     freeze_student: bool = False
     batch_size: int = 2048
     max_duration: float = 2400.0
+    # noise augmentation (off by default; the paper's 16 600 h hold noisy front-end conditions
+    # already): each training clip is mixed, with probability ``noise_prob``, with a clip of the
+    # noise manifest's ``train`` split at an SNR drawn uniformly from ``noise_snr`` dB
+    noise_manifest: str | None = None
+    noise_prob: float = 0.5
+    noise_snr: tuple[float, float] = (0.0, 20.0)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         out_dir="runs/kws_finetune", total_steps=150_000, lr=2e-4, warmup=0.07, save_every=5_000))
+
+    def __post_init__(self):
+        if not 0.0 <= self.noise_prob <= 1.0:
+            raise ValueError(f"noise_prob={self.noise_prob}: must be in [0, 1]")
+        if len(self.noise_snr) != 2 or self.noise_snr[0] > self.noise_snr[1]:
+            raise ValueError(f"noise_snr={self.noise_snr}: need (low, high) dB with low <= high")
 
 
 def _labels_of(cuts, key: str) -> list[str]:
@@ -107,14 +119,32 @@ def _labels_of(cuts, key: str) -> list[str]:
 class KWSFinetune(nn.Module):
     """Fine-tuning method for the trainer: ``step(batch) -> {"loss", "acc"}``."""
 
-    def __init__(self, classifier: KWSClassifier, classes: list[str], cfg: FinetuneConfig = FinetuneConfig()):
+    def __init__(self, classifier: KWSClassifier, classes: list[str], cfg: FinetuneConfig = FinetuneConfig(),
+                 noise: list[np.ndarray] | None = None):
         super().__init__()
         self.classifier = classifier
         self.classes = list(classes)
         self.index = {c: i for i, c in enumerate(self.classes)}
         self.cfg = cfg
+        self.noise = [torch.as_tensor(np.asarray(n, dtype=np.float32)).reshape(-1) for n in noise] if noise else None
+        self.rng = np.random.default_rng(cfg.train.seed)  # the augmentation's draws (not checkpointed)
         if cfg.freeze_student:
             classifier.encoder.requires_grad_(False)
+
+    def augment(self, wavs: Tensor, lengths: Tensor) -> Tensor:
+        """``wavs [B, S]`` with each row's valid samples mixed, with probability ``noise_prob``, with a
+        random noise clip at an SNR drawn from ``noise_snr`` (:func:`s3kit.data.augment.mix_at_snr`)."""
+        from s3kit.data.augment import mix_at_snr
+
+        if not self.noise:
+            return wavs
+        out = wavs.clone()
+        lo, hi = self.cfg.noise_snr
+        for b, n in enumerate(lengths.tolist()):
+            if n > 0 and self.rng.random() < self.cfg.noise_prob:
+                clip = self.noise[int(self.rng.integers(len(self.noise)))].to(wavs.device, wavs.dtype)
+                out[b, :n] = mix_at_snr(wavs[b, :n], clip, float(self.rng.uniform(lo, hi)), self.rng)
+        return out
 
     def targets(self, cuts, device) -> Tensor:
         labels = _labels_of(cuts, self.cfg.label_key)
@@ -124,7 +154,8 @@ class KWSFinetune(nn.Module):
         return torch.tensor([self.index[lab] for lab in labels], device=device)
 
     def step(self, batch) -> dict[str, Tensor]:
-        logits = self.classifier.forward_wav(batch.wavs, batch.lengths.to(batch.wavs.device))
+        wavs = self.augment(batch.wavs, batch.lengths) if self.training else batch.wavs
+        logits = self.classifier.forward_wav(wavs, batch.lengths.to(batch.wavs.device))
         y = self.targets(batch.cuts, logits.device)
         return {"loss": F.cross_entropy(logits.float(), y), "acc": (logits.argmax(-1) == y).float().mean()}
 
@@ -138,7 +169,8 @@ class KWSFinetune(nn.Module):
 
 def finetune(student: str | Path, manifest, cfg: FinetuneConfig = FinetuneConfig(), val_manifest=None) -> TrainResult:
     """Fine-tune a KWS student (any checkpoint :func:`~s3kit.models.kws_student.load_student`
-    reads: distillation, no-KD baseline or ``save_student``) on ``manifest`` into ``cfg.train.out_dir``."""
+    reads: distillation, no-KD baseline or ``save_student``) on ``manifest`` into ``cfg.train.out_dir``
+    (with ``cfg.noise_manifest``: noise-augmented, see :class:`FinetuneConfig`)."""
     from s3kit.data.loader import make_loader
     from s3kit.data.manifest import load_cuts
     from s3kit.train.trainer import train
@@ -147,7 +179,10 @@ def finetune(student: str | Path, manifest, cfg: FinetuneConfig = FinetuneConfig
     classes = sorted(set(_labels_of(cuts, cfg.label_key)))
     encoder, _ = load_student(student)
     torch.manual_seed(cfg.train.seed)
-    method = KWSFinetune(KWSClassifier(encoder.train(), len(classes)), classes, cfg)
+    noise = None
+    if cfg.noise_manifest is not None:
+        noise = _noise_pool(load_cuts(cfg.noise_manifest), split="train", **cfg.train.bad_audio_options)
+    method = KWSFinetune(KWSClassifier(encoder.train(), len(classes)), classes, cfg, noise)
     longest = max(c.duration for c in cuts)
     loader = make_loader(cuts, max_duration=max(cfg.max_duration, longest), max_cuts=cfg.batch_size,
                          shuffle=True, seed=cfg.train.seed)
