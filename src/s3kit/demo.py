@@ -835,6 +835,9 @@ def stage_findings(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dic
                 "supported when the interval lies on the claimed side and the adjusted p < 0.05, contradicted when "
                 "it lies on the other side, otherwise inconclusive. Probe scores are averaged over "
                 f"{cfg.probe_seeds} probe seeds per item. Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+                + f". Resolution: {B} resamples give a smallest p of {2 / (B + 1):.4f}, so the smallest Holm-adjusted p "
+                f"over {len(ledger)} rows is {min(1.0, 2 / (B + 1) * len(ledger)):.3f}"
+                + (" (not below 0.05: no row can be supported; raise bootstrap)" if 2 / (B + 1) * len(ledger) >= 0.05 else "")
                 + ". Notes: " + "; ".join(f"{r['claim']}: {r['note']}" for r in ledger if r.get("note")),
         "tables": [{"title": "Findings ledger", "header": header, "rows": table}],
         "plots": [],
