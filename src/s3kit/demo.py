@@ -862,20 +862,13 @@ def _cost(job: str) -> float:
     return COSTS.get(job, COSTS.get(job.split("-")[0], 60.0))
 
 
-def _key(settings) -> str:
-    """A short hash of JSON-able ``settings``."""
-    import hashlib
-
-    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> Path:
     """Run every stage (reusing finished ones; ``cfg.workers`` of them side by side) and return
     the report's HTML path."""
     import torch
 
     from s3kit.report import build_report
-    from s3kit.stages import Job, run_jobs
+    from s3kit.stages import Job, digest, run_jobs
 
     torch.set_num_threads(cfg.threads)
     run = Path(cfg.out)
@@ -896,14 +889,14 @@ def demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> 
         "teacher": {"upstream": teacher["teacher"], "description": teacher.get("description") or "tiny MelHuBERT teacher",
                     "source": "s3kit pretrain melhubert --arch tiny"},
     }
-    teacher_version = _key({"teacher": cfg.teacher, "steps": cfg.teacher_steps, "seed": cfg.seed})
+    teacher_version = digest({"teacher": cfg.teacher, "steps": cfg.teacher_steps, "seed": cfg.seed})
     # what each model is: a model's later stages rerun when it is remade
     versions = {"mfcc": "mfcc", "teacher": teacher_version, "teacher-init": teacher_version}
     jobs: list[Job] = []
     for name, make in STUDENTS:
         student_settings = {"steps": cfg.distil_steps, "seed": cfg.seed, "teacher": teacher["teacher"],
                             "corpus": _corpus_options(cfg), "code": _code_key(make)}
-        versions[name] = _key(student_settings)
+        versions[name] = digest(student_settings)
         jobs.append(Job(name, student_settings, make, (run, cfg, data, teacher), workdir=run / name, cost=_cost(name)))
     names = [*models, *(n for n, _ in STUDENTS)]
 
@@ -964,7 +957,7 @@ def demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> 
     from s3kit.eval import findings as findings_module
 
     inputs = {k: v for k, v in results.items() if k.startswith(("probe-", "kws-", "rewiring", "bias"))}
-    _run_stage(run, "findings", {"bootstrap": cfg.bootstrap, "tasks": cfg.tasks, "inputs": _key(inputs),
+    _run_stage(run, "findings", {"bootstrap": cfg.bootstrap, "tasks": cfg.tasks, "inputs": digest(inputs),
                                  "code": _code_key(stage_findings) + _code_key(findings_module)},
                lambda: stage_findings(run, cfg, data, models, kws_result), log)
     page = build_report(run, title="s3kit demo: tiny teacher, its students, and what they keep")

@@ -165,7 +165,8 @@ class _InProcess:
         pass
 
 
-def _digest(value) -> str:
+def digest(value) -> str:
+    """A short hash (12 hex digits) of a JSON-able ``value`` (keys sorted)."""
     import hashlib
 
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -182,7 +183,7 @@ def _chained_settings(jobs: dict[str, Job], known: dict[str, Any]) -> dict[str, 
         if name in path:
             raise ValueError(f"run_jobs: dependency cycle among {sorted(path[path.index(name):])}")
         job = jobs[name]
-        after = {d: _digest(known[d]) if d not in jobs else _digest(chained(d, (*path, name))) for d in job.deps}
+        after = {d: digest(known[d]) if d not in jobs else digest(chained(d, (*path, name))) for d in job.deps}
         out[name] = {**job.settings, "after": after} if after else dict(job.settings)
         return out[name]
 
