@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from s3kit.train import TrainConfig, last_checkpoint, lr_factor, train
+from s3kit.train import TrainConfig, last_checkpoint, lr_factor, teardown_distributed, train
 
 
 class ToyData:
@@ -118,14 +118,13 @@ def _ddp_worker(rank: int, world: int, port: int, out: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    import torch.distributed as dist
-
     method = ToyMethod(seed=rank)  # different init per rank: DDP must broadcast rank 0's
     cfg = TrainConfig(out_dir=os.path.join(out, "run"), total_steps=6, lr=1e-2, warmup=0.0, grad_accum=2,
                       clip=1.0, save_every=100, progress=False, device="cpu")
     train(method, ToyData(offset=float(rank)), cfg)  # different data per rank
     torch.save({k: v.clone() for k, v in method.state_dict().items()}, os.path.join(out, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    teardown_distributed()
+    os._exit(0)  # results are on disk: skip interpreter teardown, where gloo threads can still abort
 
 
 def test_ddp_two_cpu_ranks_end_equal(tmp_path):
@@ -168,3 +167,28 @@ def test_amp_cpu_runs_steps_under_bf16_autocast_and_still_learns(tmp_path):
     assert mixed.seen == (True, torch.bfloat16)
     assert res.losses[40] < 0.5 * res.losses[1]
     assert next(mixed.parameters()).dtype == torch.float32  # autocast, not a bf16 model
+
+
+def test_torchrun_distill_two_ranks_exits_cleanly(tmp_path):
+    """The real command under torchrun (2 gloo ranks): both ranks train, rank 0 writes the checkpoint,
+    and every process exits 0 (the CLI leaves the process group before interpreter teardown)."""
+    import subprocess
+    import sys
+
+    from s3kit.checkpoint import load
+    from s3kit.data.manifest import save_cuts
+    from s3kit.testing import tiny_hf_dir, tone_cuts
+
+    manifest = save_cuts(tone_cuts(tmp_path / "audio", n=8, seconds=(0.4, 0.6)), tmp_path / "train.jsonl.gz")
+    teacher = tiny_hf_dir(tmp_path / "teacher", kind="hubert", layers=2, seed=1)
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "s3kit", "distill", "distilhubert", "--teacher", str(teacher), "--manifest",
+           str(manifest), "--out", str(out), "layers=1", "targets=[1,2]", "train.progress=false",
+           "max_duration=1", "train.total_steps=3", "train.device=cpu"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "terminate called" not in proc.stderr
+    _, meta = load(last_checkpoint(out))
+    assert meta["trainer_state"]["step"] == 3 and len(meta["trainer_state"]["rng"]) == 2  # both ranks

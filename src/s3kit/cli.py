@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ns3kit {args.command}: interrupted; finished work is kept, run again to resume", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # a torchrun job: leave the process group cleanly
+            from s3kit.train.trainer import teardown_distributed
+
+            teardown_distributed()
 
 
 if __name__ == "__main__":

@@ -167,6 +167,18 @@ def setup_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
     return rank, world, dev
 
 
+def teardown_distributed() -> None:
+    """Destroy the process group, if any, while the interpreter is fully alive: gloo's worker threads
+    that outlive it can abort the process at exit ("terminate called without an active exception")."""
+    import gc
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()  # drop DDP reducers and pending work that still point at the group
+        dist.destroy_process_group()
+
+
 class _StepForward(nn.Module):
     """Routes DDP's ``forward`` to the method's ``step`` so DDP sees every step."""
 
