@@ -86,6 +86,32 @@ def _tone_mixtures(root, n, seed):
     return CutSet.from_cuts(cuts)
 
 
+def test_sd_head_on_a_padded_batch_equals_packed_sequences():
+    """The head runs its one-direction LSTM on the padded batch: every valid frame's logits equal
+    those of the packed sequences (and of each recording alone), gradients included."""
+    from torch import nn
+
+    from s3kit.eval.tasks.sd import SDHead
+
+    torch.manual_seed(0)
+    head = SDHead(num_layers=3, dim=16, hidden=8)
+    states = torch.randn(3, 3, 40, 16, requires_grad=True)
+    lengths = torch.tensor([40, 25, 7])
+    valid = (torch.arange(40)[None] < lengths[:, None])[..., None].float()
+    out = head(states, lengths)
+
+    x = head.featurizer((states - head.mean) / head.std)
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    ref, _ = nn.utils.rnn.pad_packed_sequence(head.lstm(packed)[0], batch_first=True, total_length=40)
+    ref = head.linear(ref)
+    assert torch.allclose(out * valid, ref * valid, atol=1e-6)
+    alone = head(states[2:, :, :7], lengths[2:])
+    assert torch.allclose(out[2, :7], alone[0], atol=1e-6)
+    g_out, = torch.autograd.grad((out * valid).sum(), states)
+    g_ref, = torch.autograd.grad((ref * valid).sum(), states)
+    assert torch.allclose(g_out, g_ref, atol=1e-6) and g_out[2, :, 7:].abs().max() == 0  # padding gets none
+
+
 def test_sd_probe_learns_toy_diarization(tmp_path):
     from s3kit.eval.tasks.sd import SDConfig, run_sd
 
