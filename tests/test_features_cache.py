@@ -52,3 +52,22 @@ def test_same_in_memory_cutset_twice_hits_the_cache(tmp_path):
     # a real custom field still counts
     changed = CutSet.from_cuts(c.with_custom("gain", 2.0) for c in cuts)
     assert manifest_identity(changed) != before
+
+
+def test_manifest_identity_of_a_file_is_remembered_until_the_file_changes(tmp_path):
+    from s3kit.data.manifest import save_cuts
+    from s3kit.eval import features_cache
+
+    cuts = tone_cuts(tmp_path / "wav", n=4)
+    path = save_cuts(cuts, tmp_path / "m.jsonl.gz")
+    first = features_cache.manifest_identity_of(path)
+    assert first == manifest_identity(cuts)
+    calls = []
+    real = features_cache.manifest_identity
+    features_cache.manifest_identity = lambda c: calls.append(1) or real(c)
+    try:
+        assert features_cache.manifest_identity_of(path) == first and not calls  # remembered
+        save_cuts(CutSet.from_cuts(list(cuts)[:3]), path)  # rewritten: other size and mtime
+        assert features_cache.manifest_identity_of(path) != first and calls == [1]
+    finally:
+        features_cache.manifest_identity = real

@@ -123,6 +123,22 @@ def manifest_identity(cuts) -> str:
     return h.hexdigest()
 
 
+_PATH_IDENTITY: dict[tuple[str, int, int], str] = {}
+
+
+def manifest_identity_of(path: str | Path) -> str:
+    """:func:`manifest_identity` of a manifest file, remembered per (path, mtime, size) in this
+    process: probes with several seeds and models read the same manifests again and again."""
+    from s3kit.data.manifest import load_cuts
+
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_mtime_ns, st.st_size)
+    if key not in _PATH_IDENTITY:
+        _PATH_IDENTITY[key] = manifest_identity(load_cuts(p))
+    return _PATH_IDENTITY[key]
+
+
 def _storage(t: Tensor) -> Tensor:
     t = t.detach().float().cpu().contiguous()
     return t if t.abs().max().item() > FP16_MAX else t.half()
@@ -193,11 +209,13 @@ def extract_features(
     progress: bool = True,
     on_bad_audio: str = "error",
     max_bad_share: float = 0.01,
+    manifest_id: str | None = None,
 ) -> CachedFeatures:
     """Run the frozen ``upstream`` over ``cuts`` once and cache ``layers``; reuse if cached.
 
     Args:
         identity: override :func:`upstream_identity` (e.g. a hub revision) to skip hashing weights.
+        manifest_id: :func:`manifest_identity` of ``cuts`` when known (:func:`manifest_identity_of`).
         max_duration: seconds of audio per upstream batch on CUDA; batching follows
             :func:`~s3kit.data.loader.inference_plan` (one utterance at a time on CPU).
         on_bad_audio, max_bad_share: unusable cuts stop the extraction (``error``) or are left out
@@ -213,7 +231,7 @@ def extract_features(
         cuts = load_cuts(cuts)
     layers = resolve_layers(upstream, layers)
     ident = identity or upstream_identity(upstream)
-    key = hashlib.sha1(json.dumps([ident, layers, pooled, manifest_identity(cuts)]).encode()).hexdigest()[:20]
+    key = hashlib.sha1(json.dumps([ident, layers, pooled, manifest_id or manifest_identity(cuts)]).encode()).hexdigest()[:20]
     directory = Path(cache_dir) / f"{upstream.name.replace('/', '_')}-{key}"
     if (directory / INDEX_FILE).exists():
         return CachedFeatures(directory)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from s3kit.data.manifest import get_label, load_cuts
 from s3kit.eval import metrics
-from s3kit.eval.features_cache import CachedFeatures, extract_features, upstream_identity
+from s3kit.eval.features_cache import CachedFeatures, extract_features, manifest_identity_of, upstream_identity
 from s3kit.eval.heads import (
     ASR_PROJECTOR_DIM, BLANK, PROJECTOR_DIM, BLSTMCTCHead, FrameCTCHead, ProbeModel, SpecAugment, UtteranceHead,
     WeightedSum, ctc_loss, slot_argmax, slot_cross_entropy,
@@ -615,12 +615,14 @@ def run_probe(upstream, task: str, train, dev, test, cfg: ProbeConfig = ProbeCon
     device = _device(cfg.device)
     cache_dir = Path(cfg.cache_dir).expanduser()
     identity = upstream_identity(upstream)  # hash the weights once, not once per split
+    manifest_ids = {n: manifest_identity_of(c) if isinstance(c, (str, Path)) else None
+                    for n, c in (("train", train), ("dev", dev), ("test", test))}
     # Features of the *full* train set, so every fraction and seed reuses one cache entry.
     policy = {n: cfg.on_bad_audio or ("skip" if n == "train" else "error") for n in cuts}
     feats = {
         n: extract_features(upstream, c, cache_dir, layers=cfg.cache_layers, pooled=spec.pooled,
                             max_duration=cfg.max_duration, device=device, identity=identity, progress=cfg.progress,
-                            on_bad_audio=policy[n], max_bad_share=cfg.max_bad_share)
+                            on_bad_audio=policy[n], max_bad_share=cfg.max_bad_share, manifest_id=manifest_ids[n])
         for n, c in cuts.items()
     }
     from lhotse import CutSet
