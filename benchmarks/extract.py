@@ -4,7 +4,8 @@ model one utterance at a time (what a notebook loop does), on a log-normal lengt
 Both read every utterance from disk, compute every hidden state of a randomly initialised HuBERT
 (Base shape, group-norm CNN, by default) and time-average them per layer; the baseline runs
 ``model(wav[None], output_hidden_states=True)`` under ``torch.no_grad()``. s3kit batches by the
-device's plan (:func:`s3kit.data.loader.inference_plan`: one utterance at a time on CPU,
+device's plan (:func:`s3kit.data.loader.inference_plan`: one utterance at a time on CPU, or
+batches for an upstream that sets ``cpu_batch_seconds``,
 length-sorted batches on CUDA) and prints the plan and the padding share. The two are timed in
 interleaved rounds in alternating order after a warm-up round that meets every length; the
 ratio is per round (paired). Both results are compared (max |diff| of the pooled states).
@@ -42,7 +43,7 @@ def main() -> None:
 
     from lhotse import CutSet, Recording
 
-    from s3kit.data.loader import PaddingStats, inference_plan, load_cut_audio
+    from s3kit.data.loader import PaddingStats, cpu_batch_seconds_of, inference_plan, load_cut_audio
     from s3kit.extract import ExtractConfig, extract, load_features
     from s3kit.testing import tiny_hf_dir, write_wav
     from s3kit.upstream import load_upstream
@@ -65,7 +66,7 @@ def main() -> None:
     cuts = CutSet.from_cuts(cuts)
     up = load_upstream(model_dir)
     model = up.model.to(device)
-    plan = inference_plan(device, args.max_duration)
+    plan = inference_plan(device, args.max_duration, cpu_batch_seconds=cpu_batch_seconds_of(up))
     print(f"{len(cuts)} utterances, {total:.0f} s of audio, HuBERT {args.layers}x{args.hidden} ({args.norm}-norm CNN "
           f"{args.conv}), {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params, on {describe_device(device)}")
     print(f"s3kit plan: {plan.describe()}")

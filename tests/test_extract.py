@@ -51,7 +51,7 @@ def test_extract_matches_direct_run_and_resumes(tmp_path, manifest, monkeypatch)
     before = {p.name for p in (out / "shards").iterdir()}
     extract(up, path, out, ExtractConfig(layers=[0, 2], pool="none", dtype="float32", max_duration=2.0), progress=False)
     after = {p.name for p in (out / "shards").iterdir()}
-    assert len(after - before) == 1 and len(lines) == len(cuts)  # CPU plan: one utterance per batch
+    assert len(after - before) == 1 and sum(len(json.loads(line)["ids"]) for line in lines) == len(cuts)
     assert sorted(load_features(out)) == sorted(c.id for c in cuts)
     new = json.loads((out / "index.jsonl").read_text().splitlines()[-1])
     assert sorted(new["ids"]) == sorted(missing)
@@ -88,6 +88,10 @@ def test_inference_plan_per_device_and_sorted_batches_padding(manifest):
     assert inference_plan("cpu").max_cuts == 1
     assert inference_plan(torch.device("cuda"), 30.0).max_cuts is None
     assert inference_plan("cpu", max_cuts=4).max_cuts == 4
+    small = inference_plan("cpu", 60.0, cpu_batch_seconds=16.0)  # an upstream that batches on CPU too
+    assert small.max_cuts is None and small.max_duration == 16.0
+    assert inference_plan("cpu", 8.0, cpu_batch_seconds=16.0).max_duration == 8.0
+    assert inference_plan("cpu", cpu_batch_seconds=16.0, max_cuts=1).max_cuts == 1
     stats = PaddingStats()
     batches = list(sorted_batches(cuts, inference_plan("cuda", max_duration=2.0), stats))
     durations = {c.id: c.duration for c in cuts}
@@ -100,6 +104,20 @@ def test_inference_plan_per_device_and_sorted_batches_padding(manifest):
     assert stats.share == pytest.approx(1 - real / padded) and stats.share > 0
     one = PaddingStats()
     assert len(list(sorted_batches(cuts, inference_plan("cpu"), one))) == len(cuts) and one.share == 0.0
+
+
+def test_small_fbank_models_batch_on_cpu_and_cnn_models_do_not(tmp_path):
+    from s3kit.data.loader import cpu_batch_seconds_of
+    from s3kit.models.kws_student import KWSStudent, KWSStudentUpstream, config_for
+    from s3kit.models.melhubert import MelHubert, MelHubertConfig, MelHubertUpstream
+
+    assert cpu_batch_seconds_of(KWSStudentUpstream(KWSStudent(config_for("small")))) == 16.0  # 1.6 M
+    tiny = MelHubertConfig(num_layers=2, hidden_size=64, ffn_size=128, num_heads=2, pos_conv_groups=2)
+    assert cpu_batch_seconds_of(MelHubertUpstream(MelHubert(tiny))) == 16.0
+    big = MelHubertUpstream(MelHubert(MelHubertConfig()))  # Base shape, ~90 M
+    assert cpu_batch_seconds_of(big) is None
+    assert cpu_batch_seconds_of(load_upstream(tiny_hf_dir(tmp_path / "m", kind="hubert"))) is None  # waveform CNN
+    assert cpu_batch_seconds_of(load_upstream("fbank")) is None
 
 
 def test_batched_plan_gives_the_one_by_one_features_in_manifest_order(tmp_path, manifest):

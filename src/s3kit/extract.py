@@ -10,8 +10,9 @@ Output directory layout::
 Resumable: a shard is listed in the index only after it is fully written, and a rerun skips
 every cut already listed. A rerun with different settings on the same OUT is an error.
 
-Batching follows :func:`s3kit.data.loader.inference_plan`: one utterance at a time on CPU,
-length-sorted batches of up to ``max_duration`` seconds on CUDA (longest first, so shards hold
+Batching follows :func:`s3kit.data.loader.inference_plan`: one utterance at a time on CPU
+(batches for s3kit's small fbank / log-mel models), length-sorted batches of up to
+``max_duration`` seconds on CUDA (longest first, so shards hold
 utterances in that order; features are looked up by cut id).
 """
 
@@ -92,7 +93,7 @@ def extract(
     """Extract ``cfg.layers`` of ``upstream`` for every cut in ``cuts`` (CutSet or manifest path) into ``out``.
 
     ``stats``: an optional :class:`~s3kit.data.loader.PaddingStats` that collects the padding share."""
-    from s3kit.data.loader import inference_plan, sorted_batches
+    from s3kit.data.loader import cpu_batch_seconds_of, inference_plan, sorted_batches
     from s3kit.data.manifest import load_cuts
 
     if isinstance(cuts, (str, Path)):
@@ -119,7 +120,7 @@ def extract(
     dtype = getattr(torch, cfg.dtype)
     bad_audio = BadAudio(cfg.on_bad_audio, cfg.max_bad_share, total=len(cuts))  # share of the whole manifest, also on a resumed run
     bad_audio.log_to(skipped_path(out))
-    plan = inference_plan(device, cfg.max_duration, cfg.max_cuts)
+    plan = inference_plan(device, cfg.max_duration, cfg.max_cuts, cpu_batch_seconds_of(upstream))
     shard_no = len(list((out / "shards").glob("*.safetensors")))
     bar = tqdm(total=len(todo), desc=f"extract {meta['upstream']}", unit="utt", disable=not progress)
     tensors: dict[str, torch.Tensor] = {}

@@ -34,7 +34,8 @@ def register(sub) -> None:
     p.add_argument("--max-duration", type=float, default=d.max_duration,
                    help="seconds of audio per batch on CUDA (length-sorted batches)")
     p.add_argument("--max-cuts", type=int, default=d.max_cuts,
-                   help="utterances per batch; None: the device's plan (1 on CPU, where batching is slower)")
+                   help="utterances per batch; None: the device's plan (on CPU 1, where batching is slower, "
+                        "or batches for s3kit's small fbank / log-mel models)")
     p.add_argument("--dtype", choices=["float16", "float32"], default=d.dtype)
     p.add_argument("--device", default=d.device, help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     add_bad_audio(p, d.on_bad_audio)
@@ -42,7 +43,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from s3kit.data.loader import PaddingStats, inference_plan
+    from s3kit.data.loader import PaddingStats, cpu_batch_seconds_of, inference_plan
     from s3kit.extract import ExtractConfig, extract, resolve_device
     from s3kit.upstream import load_upstream
 
@@ -52,8 +53,9 @@ def run(args) -> int:
                         dtype=args.dtype, device=args.device, on_bad_audio=args.on_bad_audio,
                         max_bad_share=args.max_bad_share)
     stats = PaddingStats()
-    out = extract(load_upstream(args.upstream), args.manifest, args.out, cfg, stats=stats)
-    plan = inference_plan(resolve_device(cfg.device), cfg.max_duration, cfg.max_cuts)
+    upstream = load_upstream(args.upstream)
+    out = extract(upstream, args.manifest, args.out, cfg, stats=stats)
+    plan = inference_plan(resolve_device(cfg.device), cfg.max_duration, cfg.max_cuts, cpu_batch_seconds_of(upstream))
     print(f"batching {plan.describe()}; padding {100 * stats.share:.1f} % of the batched samples")
     print(f"features written to {out}")
     skipped = skipped_path(out)

@@ -309,13 +309,18 @@ class BatchPlan:
         return f"{self.device}: length-sorted batches of <= {self.max_duration:g} s of audio"
 
 
-def inference_plan(device, max_duration: float = 120.0, max_cuts: int | None = None) -> BatchPlan:
+def inference_plan(device, max_duration: float = 120.0, max_cuts: int | None = None,
+                   cpu_batch_seconds: float | None = None) -> BatchPlan:
     """The batching for inference on ``device``, by this rule:
 
     * CPU: one utterance per batch. Measured on a 2-core CPU (issue 18, ``benchmarks/extract.py``):
       batches of even length-sorted utterances run slower than the utterances one at a time (a
       batch's activations leave the cache: HuBERT's CNN at 0.83x of the loop with 8 s of audio
-      per batch, 0.39x with 60 s), and one utterance has no padding.
+      per batch, 0.39x with 60 s; a 4-layer, 192-wide HuBERT with a 64-channel CNN still at
+      0.94x with 16 s), and one utterance has no padding.
+    * CPU, for an upstream that sets ``cpu_batch_seconds`` (s3kit's small fbank / log-mel models:
+      :attr:`s3kit.upstream.base.Upstream.cpu_batch_seconds`): length-sorted batches of up to
+      that many seconds (or ``max_duration`` if shorter).
     * CUDA (any non-CPU device): length-sorted batches of up to ``max_duration`` seconds, which
       keep the device busy with little padding.
 
@@ -323,8 +328,16 @@ def inference_plan(device, max_duration: float = 120.0, max_cuts: int | None = N
     """
     kind = torch.device(device).type
     if max_cuts is None and kind == "cpu":
+        if cpu_batch_seconds:
+            return BatchPlan(device=str(device), max_duration=min(float(max_duration), float(cpu_batch_seconds)),
+                             max_cuts=None)
         max_cuts = 1
     return BatchPlan(device=str(device), max_duration=float(max_duration), max_cuts=max_cuts)
+
+
+def cpu_batch_seconds_of(model) -> float | None:
+    """The model's ``cpu_batch_seconds`` (None when it has none)."""
+    return getattr(model, "cpu_batch_seconds", None)
 
 
 @dataclass

@@ -29,11 +29,12 @@ def utterance_embeddings(upstream: Upstream, cuts, layers: list[int] | None = No
     upstream: any :class:`~s3kit.upstream.base.Upstream` (put in eval mode here).
     cuts: a lhotse CutSet or a manifest path. layers: ``states`` indices (all by default).
     max_duration: seconds of audio per batch on CUDA; batching follows
-    :func:`~s3kit.data.loader.inference_plan` (one utterance at a time on CPU).
+    :func:`~s3kit.data.loader.inference_plan` (on CPU one utterance at a time, or batches for an
+    upstream that sets ``cpu_batch_seconds``).
     """
     from tqdm.auto import tqdm
 
-    from s3kit.data.loader import inference_plan, sorted_batches
+    from s3kit.data.loader import cpu_batch_seconds_of, inference_plan, sorted_batches
     from s3kit.data.manifest import load_cuts
     from s3kit.extract import resolve_device
 
@@ -52,7 +53,7 @@ def utterance_embeddings(upstream: Upstream, cuts, layers: list[int] | None = No
     seen = np.zeros(len(ids), dtype=bool)
     device = resolve_device(device) if isinstance(device, str) else device
     upstream = upstream.to(device).eval()
-    loader = sorted_batches(cuts, inference_plan(device, max_duration))
+    loader = sorted_batches(cuts, inference_plan(device, max_duration, cpu_batch_seconds=cpu_batch_seconds_of(upstream)))
     with tqdm(total=len(ids), desc=f"embed {upstream.name}", unit="utt", disable=not progress) as bar:
         for batch in loader:
             batch = batch.to(device)

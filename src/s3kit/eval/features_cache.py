@@ -217,14 +217,15 @@ def extract_features(
         identity: override :func:`upstream_identity` (e.g. a hub revision) to skip hashing weights.
         manifest_id: :func:`manifest_identity` of ``cuts`` when known (:func:`manifest_identity_of`).
         max_duration: seconds of audio per upstream batch on CUDA; batching follows
-            :func:`~s3kit.data.loader.inference_plan` (one utterance at a time on CPU).
+            :func:`~s3kit.data.loader.inference_plan` (on CPU one utterance at a time, or batches
+            for an upstream that sets ``cpu_batch_seconds``).
         on_bad_audio, max_bad_share: unusable cuts stop the extraction (``error``) or are left out
             and listed in the index's ``skipped`` (``skip``; :mod:`s3kit.data.badaudio`).
     Returns the :class:`CachedFeatures` for this (upstream, layers, pooled, manifest).
     """
     from tqdm.auto import tqdm
 
-    from s3kit.data.loader import PaddingStats, inference_plan, sorted_batches
+    from s3kit.data.loader import PaddingStats, cpu_batch_seconds_of, inference_plan, sorted_batches
     from s3kit.data.manifest import load_cuts
 
     if isinstance(cuts, (str, Path)):
@@ -243,7 +244,8 @@ def extract_features(
 
     stats = PaddingStats()
     bad_audio = BadAudio(on_bad_audio, max_bad_share, total=len(cuts))
-    batches = sorted_batches(cuts, inference_plan(device, max_duration), stats, bad_audio)
+    plan = inference_plan(device, max_duration, cpu_batch_seconds=cpu_batch_seconds_of(upstream))
+    batches = sorted_batches(cuts, plan, stats, bad_audio)
     was_training = upstream.training
     upstream.eval().to(device)
     shard_of: dict[str, str] = {}

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s3kit.upstream.base import EncoderUpstream, full_lengths
+from s3kit.upstream.base import EncoderUpstream, full_lengths, small_model_cpu_batch
 
 SAMPLE_RATE = 16000
 FBANK_WINDOW = 400  # 25 ms analysis window (Kaldi default)
@@ -281,6 +281,9 @@ class MelHubertUpstream(EncoderUpstream):
 
     name = "melhubert"
     frame_rate = FRAME_RATE
+    @property
+    def cpu_batch_seconds(self) -> float | None:  # batched CPU inference when small
+        return small_model_cpu_batch(self)
 
     def __init__(self, encoder: MelHubert, name: str = "melhubert"):
         super().__init__(encoder, name)

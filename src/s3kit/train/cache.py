@@ -111,11 +111,12 @@ def build_cache(directory: str | Path, teacher, layers: list[int], cuts, key: st
     :class:`~s3kit.models.melhubert.MelHubertUpstream`; fp32, eval) over ``cuts`` and
     write its ``layers`` (hidden-state indices) to ``directory`` atomically. Batching follows
     :func:`~s3kit.data.loader.inference_plan` for the teacher's device (one utterance at a time on
-    CPU, length-sorted batches of ``max_duration`` seconds on CUDA). ``bad_audio``
+    CPU, batches for a teacher that sets ``cpu_batch_seconds``, length-sorted batches of
+    ``max_duration`` seconds on CUDA). ``bad_audio``
     (:class:`~s3kit.data.badaudio.BadAudio`): what to do with unusable cuts (default: stop)."""
     from tqdm.auto import tqdm
 
-    from s3kit.data.loader import inference_plan, sorted_batches
+    from s3kit.data.loader import cpu_batch_seconds_of, inference_plan, sorted_batches
 
     directory = Path(directory)
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
@@ -128,8 +129,9 @@ def build_cache(directory: str | Path, teacher, layers: list[int], cuts, key: st
     offset = 0
     dim = None
     bar = tqdm(total=len(cuts), desc="teacher cache", disable=not progress, dynamic_ncols=True)
+    plan = inference_plan(device, max_duration, cpu_batch_seconds=cpu_batch_seconds_of(teacher))
     with open(tmp / FEATS, "wb") as f:
-        for batch in sorted_batches(cuts, inference_plan(device, max_duration), bad_audio=bad_audio):
+        for batch in sorted_batches(cuts, plan, bad_audio=bad_audio):
             bar.update(len(batch.skipped))
             if not len(batch):
                 continue

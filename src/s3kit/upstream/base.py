@@ -43,6 +43,21 @@ class Hidden:
         return torch.stack([(self.states[i] * m).sum(1) / denom for i in layers], dim=1)
 
 
+# s3kit's fbank / log-mel encoders (no waveform CNN) under this many parameters infer faster on CPU
+# in length-sorted batches: the demo's MelHuBERT teacher, its students, the KWS student and the M2D
+# ViT (0.6-1.9 M parameters) ran 1.3-2.0x faster on 1 s keyword clips and 1.1-1.6x on 3 s sentences
+# with batches of up to 16 s than one at a time (1 thread). Larger ones were not measured: they keep
+# one utterance at a time, as HuBERT Base must (s3kit.data.loader.inference_plan).
+SMALL_MODEL_PARAMS = 5_000_000
+SMALL_MODEL_CPU_BATCH_SECONDS = 16.0
+
+
+def small_model_cpu_batch(model: nn.Module) -> float | None:
+    """``cpu_batch_seconds`` of an s3kit fbank / log-mel encoder: 16 s under 5 M parameters, else None."""
+    small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
+    return SMALL_MODEL_CPU_BATCH_SECONDS if small else None
+
+
 class Upstream(nn.Module, abc.ABC):
     """Base class: subclasses implement ``forward(wavs [B, S], lengths [B]) -> Hidden``.
 
@@ -54,6 +69,9 @@ class Upstream(nn.Module, abc.ABC):
     name: str = "upstream"
     frame_rate: float = 50.0
     hidden_sizes: list[int]
+    # seconds of audio per batch for inference on CPU (None: one utterance at a time; see
+    # s3kit.data.loader.inference_plan); s3kit's fbank / log-mel models: small_model_cpu_batch
+    cpu_batch_seconds: float | None = None
 
     @property
     def num_layers(self) -> int:
