@@ -100,6 +100,33 @@ def test_utterance_loss_eq2():
         utterance_distill_loss(h, o[:, :1])
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_frame_codebook_loss_equals_the_loss_on_gathered_distractors(reduction):
+    """The [B, T, T] cosine path gives eq. (8) on explicitly gathered [M, N, C] distractors: value
+    and gradients (into predictions and targets), with repeated codes (distractors equal to the
+    positive are left out) and an utterance with a single masked frame."""
+    from s3kit.methods.dvcc import frame_codebook_loss, sample_negatives
+
+    torch.manual_seed(0)
+    B, T, C, N = 3, 12, 6, 5
+    book = torch.randn(4, C)  # 4 code vectors: many frames share one
+    targets = book[torch.randint(0, 4, (B, T))].requires_grad_(True)
+    pred = torch.randn(B, T, C, requires_grad=True)
+    mask = torch.rand(B, T) < 0.5
+    mask[0, :] = False
+    mask[0, 3] = True  # one masked frame: its only distractor is itself
+    neg = sample_negatives(mask, N, generator=torch.Generator().manual_seed(1))
+    fast = frame_codebook_loss(pred, targets, mask, neg, 0.1, reduction)
+    rows = mask.nonzero()[:, 0]
+    slow = teacher_codebook_loss(pred[mask], targets[mask], targets[rows[:, None], neg[mask]], 0.1, reduction)
+    assert fast.item() == pytest.approx(slow.item(), rel=1e-5)
+    g_fast = torch.autograd.grad(fast, (pred, targets))
+    g_slow = torch.autograd.grad(slow, (pred, targets))
+    for a, b in zip(g_fast, g_slow):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert frame_codebook_loss(pred, targets, torch.zeros(B, T, dtype=torch.bool), neg).item() == 0.0
+
+
 def test_teacher_codebook_loss_hand_computed():
     pred = torch.tensor([[1.0, 0.0]])
     pos = torch.tensor([[1.0, 0.0]])

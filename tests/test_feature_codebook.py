@@ -85,12 +85,13 @@ def test_dvcc_uses_it_as_the_teacher_codebook(trained, tones, tmp_path):
     seen = {}
     import s3kit.methods.dvcc as dvcc
 
-    orig = dvcc.teacher_codebook_loss
-    dvcc.teacher_codebook_loss = lambda pred, pos, neg, *a: seen.update(pos=pos, neg=neg) or orig(pred, pos, neg, *a)
+    orig = dvcc.frame_codebook_loss
+    dvcc.frame_codebook_loss = lambda pred, tgt, mask, neg, *a: seen.update(
+        pos=tgt[mask], neg=tgt[mask.nonzero()[:, 0][:, None], neg[mask]]) or orig(pred, tgt, mask, neg, *a)
     try:
         out = m.step({"wavs": wavs, "lengths": lengths})
     finally:
-        dvcc.teacher_codebook_loss = orig
+        dvcc.frame_codebook_loss = orig
     assert math.isfinite(float(out["l_tcode"]))
     codes, _ = cb.codes(wavs, lengths)
     book = cb.vectors(codes).flatten(0, 1)  # every teacher code vector of the batch

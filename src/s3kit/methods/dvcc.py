@@ -170,6 +170,40 @@ def teacher_codebook_loss(pred: Tensor, positives: Tensor, negatives: Tensor, te
     return nll.mean() if reduction == "mean" else nll.sum()
 
 
+def frame_codebook_loss(pred: Tensor, targets: Tensor, mask: Tensor, neg: Tensor, temperature: float = TEMPERATURE,
+                        reduction: Literal["mean", "sum"] = "mean") -> Tensor:
+    """:func:`teacher_codebook_loss` of every masked frame, from whole utterances:
+    ``teacher_codebook_loss(pred[mask], targets[mask], targets[b, neg[mask]])`` (``b`` each masked
+    frame's utterance), without materialising the ``[M, N, C]`` distractors: the cosines of each
+    utterance's predictions with all its targets are one ``[B, T, T]`` product, the distractors'
+    logits are gathered from it.
+
+    pred, targets: ``[B, T, C]``; mask: ``[B, T]`` bool; neg: ``[B, T, N]`` frame indices of the
+    distractors (:func:`sample_negatives`). Cosines as ``F.cosine_similarity`` (each norm clamped
+    at 1e-8); a distractor equal to its positive (same vector) is left out.
+    """
+    if pred.shape != targets.shape or mask.shape != pred.shape[:2] or neg.shape[:2] != mask.shape:
+        raise ValueError(f"shapes: pred {tuple(pred.shape)}, targets {tuple(targets.shape)}, mask {tuple(mask.shape)}, "
+                         f"neg {tuple(neg.shape)}; need [B, T, C], [B, T, C], [B, T], [B, T, N]")
+    if not mask.any():
+        return pred.sum() * 0.0
+    pred, targets = pred.float(), targets.float()
+    eps = 1e-8
+    p = pred / pred.norm(dim=-1, keepdim=True).clamp_min(eps)
+    k = targets / targets.norm(dim=-1, keepdim=True).clamp_min(eps)
+    cos = torch.bmm(p, k.transpose(1, 2))  # (B, T, T): frame t's prediction vs every target of its utterance
+    B, T, N = neg.shape
+    pos = cos.diagonal(dim1=1, dim2=2)  # (B, T)
+    negs = cos.gather(2, neg)  # (B, T, N)
+    with torch.no_grad():  # which targets are the same vector: one id per distinct vector
+        _, ids = torch.unique(targets.detach().reshape(B * T, -1), dim=0, return_inverse=True)
+        ids = ids.view(B, T)
+        same = ids.gather(1, neg.reshape(B, T * N)).view(B, T, N) == ids[..., None]
+    logits = torch.cat([pos[mask][:, None], negs[mask].masked_fill(same[mask], float("-inf"))], dim=1) / temperature
+    nll = -torch.log_softmax(logits, dim=-1)[:, 0]
+    return nll.mean() if reduction == "mean" else nll.sum()
+
+
 def diversity_loss(probs: Tensor) -> Tensor:
     """wav2vec 2.0 diversity loss ``(GV - perplexity) / GV`` of mean soft code probabilities ``[M, G, V]``."""
     G, V = probs.shape[1:]
@@ -534,10 +568,7 @@ class DVCCDistiller(nn.Module):
             targets[mask] = vecs.to(targets.dtype)
             out["l_div"] = diversity_loss(probs)
         neg = sample_negatives(mask, cfg.num_negatives)  # (B, T, N)
-        rows = mask.nonzero()[:, 0]  # (M,) the utterance of each masked frame
-        negatives = targets[rows[:, None], neg[mask]]  # (M, N, C): distractors of masked frames only
-        out["l_tcode"] = teacher_codebook_loss(pred_all[mask], targets[mask], negatives, cfg.temperature,
-                                               cfg.tcode_reduction)
+        out["l_tcode"] = frame_codebook_loss(pred_all, targets, mask, neg, cfg.temperature, cfg.tcode_reduction)
         return out
 
     def losses(self, batch) -> dict[str, Tensor]:
