@@ -853,9 +853,9 @@ def stage_findings(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dic
 # Seconds of each job at the full preset, two side by side on a 2-core CPU (a fresh-clone run): the scheduler
 # starts the ready job with the costliest chain of jobs waiting for it first (s3kit.stages._ranks).
 COSTS = {"distilhubert": 155, "dvcc": 245, "pruned": 110, "rewired": 40, "m2ds": 105, "m2d": 90,
-         "probe": 130, "probe-mfcc": 90, "probe-dvcc": 245, "probe-rewired": 165, "task-sets": 10, "tasks": 65,
-         "tasks-mfcc": 135, "tasks-dvcc": 165, "bias": 95, "rewiring": 110,
-         "kws-baseline": 180, "kws-dvcc": 175, "kws-tcode": 440, "kws-scratch": 465}
+         "probe": 100, "probe-mfcc": 80, "probe-dvcc": 200, "probe-rewired": 130, "task-sets": 10, "tasks": 25,
+         "tasks-mfcc": 30, "tasks-dvcc": 40, "bias": 95, "rewiring": 100,
+         "kws-baseline": 170, "kws-dvcc": 170, "kws-tcode": 260, "kws-scratch": 280}
 
 
 def _cost(job: str) -> float:
