@@ -77,7 +77,7 @@ class DemoConfig:
     extra_task_sets: str = "demo"  # set sizes: "demo" or "tiny" (the smoke preset)
     kws_steps: int = 200  # KWS fine-tuning updates per row of the DVCC comparison
     kws_batch: int = 32  # clips per KWS fine-tuning update (a row costs ~0.7 s per update on one core)
-    kws_distil_steps: int = 150  # codebook distillation updates of the w/ T-codebook and scratch rows (~1.6 s each)
+    kws_distil_steps: int = 150  # codebook distillation updates of the w/ T-codebook and scratch rows (~1 s each)
     bias_tests: str = "gender,native"
     permutations: int = 100_000
     bootstrap: int = 2000  # resamples behind every interval of the findings ledger

@@ -44,10 +44,10 @@ class Hidden:
 
 
 # s3kit's fbank / log-mel encoders (no waveform CNN) under this many parameters infer faster on CPU
-# in length-sorted batches: the demo's MelHuBERT teacher, its students, the KWS student and the M2D
-# ViT (0.6-1.9 M parameters) ran 1.3-2.0x faster on 1 s keyword clips and 1.1-1.6x on 3 s sentences
-# with batches of up to 16 s than one at a time (1 thread). Larger ones were not measured: they keep
-# one utterance at a time, as HuBERT Base must (s3kit.data.loader.inference_plan).
+# in length-sorted batches of up to 16 s than one at a time (benchmarks/cpu_batching.py, 1 thread,
+# medians of 7 paired rounds: tiny MelHuBERT 1.75x on 1 s clips, 1.02x on 1.5-5 s utterances; KWS
+# student 1.45x / 1.09x; small M2D ViT 1.88x / 1.50x). Larger ones were not measured: they keep one
+# utterance at a time, as HuBERT Base must (s3kit.data.loader.inference_plan).
 SMALL_MODEL_PARAMS = 5_000_000
 SMALL_MODEL_CPU_BATCH_SECONDS = 16.0
 
