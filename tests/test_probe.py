@@ -303,3 +303,25 @@ def test_compare_accuracy_uses_mcnemar_and_orients_a_minus_b():
     assert res.diff == pytest.approx(0.5) and res.rate_a == pytest.approx(0.75) and res.rate_b == pytest.approx(0.25)
     assert 0 < res.ci_low < 0.5 < res.ci_high
     assert res.p == pytest.approx(mcnemar_exact([i["correct"] for i in a], [i["correct"] for i in b]))
+
+
+def test_frame_ctc_probe_skips_padding_with_the_same_loss_and_gradients():
+    """The per-frame CTC head runs on the valid frames only: CTC loss and every gradient equal those
+    of the head run on the whole padded batch; padded frames get zero logits."""
+    from s3kit.eval.heads import FrameCTCHead, ctc_loss
+
+    torch.manual_seed(0)
+    model = ProbeModel(WeightedSum(3), FrameCTCHead(8, 6, proj_dim=16))
+    states = torch.randn(4, 3, 20, 8)
+    lengths = torch.tensor([20, 13, 7, 16])
+    targets = [torch.randint(1, 6, (int(n) // 3,)) for n in lengths]
+    packed = model(states, lengths)
+    full = model.head(model.featurizer(states))  # every frame, padding included
+    valid = (torch.arange(20)[None] < lengths[:, None])[..., None]
+    assert torch.allclose(packed, full * valid, atol=1e-6) and packed[2, 7:].abs().max() == 0
+    a = ctc_loss(packed, lengths, targets)
+    b = ctc_loss(full, lengths, targets)
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+    ga = torch.autograd.grad(a, list(model.parameters()))
+    gb = torch.autograd.grad(b, list(model.parameters()))
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(ga, gb))

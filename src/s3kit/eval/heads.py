@@ -155,6 +155,8 @@ class UtteranceHead(nn.Module):
 class FrameCTCHead(nn.Module):
     """``Linear(D, P) -> Linear(P, V)`` per frame: ``[B, T, D] -> [B, T, V]`` logits."""
 
+    per_frame = True  # each frame's logits depend on that frame alone (ProbeModel skips padding)
+
     def __init__(self, in_dim: int, vocab_size: int, proj_dim: int = PROJECTOR_DIM):
         super().__init__()
         self.projector = nn.Linear(in_dim, proj_dim)
@@ -201,6 +203,14 @@ class ProbeModel(nn.Module):
         x = self.featurizer(states)
         if self.specaug is not None:
             x = self.specaug(x, lengths)  # identity in eval mode
+        if lengths is not None and x.dim() == 3 and getattr(self.head, "per_frame", False):
+            # a per-frame head on the valid frames only (a third of a random PR batch is padding);
+            # padded frames get zero logits, which CTC and decoding never read
+            valid = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]  # (B, T)
+            y = self.head(x[valid])  # (N, V)
+            out = y.new_zeros(*valid.shape, y.shape[-1])
+            out[valid] = y
+            return out
         return self.head(x, lengths)
 
 
