@@ -850,12 +850,12 @@ def stage_findings(run: Path, cfg: DemoConfig, data: dict, models: dict[str, dic
 # ----------------------------------------------------------------------------- driver
 
 
-# Seconds of each job at the full preset, two side by side on a 2-core CPU (a fresh-clone run): the scheduler
+# Seconds of each job at the full preset, two side by side on a 2-core CPU (fresh clone of 770d1ab): the scheduler
 # starts the ready job with the costliest chain of jobs waiting for it first (s3kit.stages._ranks).
-COSTS = {"distilhubert": 155, "dvcc": 245, "pruned": 110, "rewired": 40, "m2ds": 105, "m2d": 90,
-         "probe": 100, "probe-mfcc": 80, "probe-dvcc": 200, "probe-rewired": 130, "task-sets": 10, "tasks": 25,
-         "tasks-mfcc": 30, "tasks-dvcc": 40, "bias": 95, "rewiring": 100,
-         "kws-baseline": 170, "kws-dvcc": 170, "kws-tcode": 260, "kws-scratch": 280}
+COSTS = {"distilhubert": 155, "dvcc": 235, "pruned": 115, "rewired": 35, "m2ds": 100, "m2d": 90,
+         "probe": 95, "probe-mfcc": 80, "probe-dvcc": 215, "probe-m2ds": 75, "probe-m2d": 75, "task-sets": 5,
+         "tasks": 20, "tasks-dvcc": 40, "tasks-m2ds": 10, "tasks-m2d": 10, "bias": 75, "rewiring": 65,
+         "kws-baseline": 185, "kws-dvcc": 190, "kws-tcode": 330, "kws-scratch": 350}
 
 
 def _cost(job: str) -> float:
