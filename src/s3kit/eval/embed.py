@@ -53,7 +53,8 @@ def utterance_embeddings(upstream: Upstream, cuts, layers: list[int] | None = No
     seen = np.zeros(len(ids), dtype=bool)
     device = resolve_device(device) if isinstance(device, str) else device
     upstream = upstream.to(device).eval()
-    loader = sorted_batches(cuts, inference_plan(device, max_duration, cpu_batch_seconds=cpu_batch_seconds_of(upstream)))
+    plan = inference_plan(device, max_duration, cpu_batch_seconds=cpu_batch_seconds_of(upstream))
+    loader = sorted_batches(cuts, plan)
     with tqdm(total=len(ids), desc=f"embed {upstream.name}", unit="utt", disable=not progress) as bar:
         for batch in loader:
             batch = batch.to(device)

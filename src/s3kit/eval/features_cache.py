@@ -232,7 +232,8 @@ def extract_features(
         cuts = load_cuts(cuts)
     layers = resolve_layers(upstream, layers)
     ident = identity or upstream_identity(upstream)
-    key = hashlib.sha1(json.dumps([ident, layers, pooled, manifest_id or manifest_identity(cuts)]).encode()).hexdigest()[:20]
+    manifest_id = manifest_id or manifest_identity(cuts)
+    key = hashlib.sha1(json.dumps([ident, layers, pooled, manifest_id]).encode()).hexdigest()[:20]
     directory = Path(cache_dir) / f"{upstream.name.replace('/', '_')}-{key}"
     if (directory / INDEX_FILE).exists():
         return CachedFeatures(directory)

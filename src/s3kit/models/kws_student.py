@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s3kit.upstream.base import EncoderUpstream, full_lengths, small_model_cpu_batch
+from s3kit.upstream.base import EncoderUpstream, SmallModelBatching, full_lengths
 
 SAMPLE_RATE = 16000
 FBANK_BINS = 64  # §3.1: 64-D LFBE
@@ -208,13 +208,10 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-class KWSStudentUpstream(EncoderUpstream):
+class KWSStudentUpstream(SmallModelBatching, EncoderUpstream):
     """A :class:`KWSStudent` behind the upstream protocol (100 Hz frames, ``num_layers + 1`` states)."""
 
     frame_rate = FRAME_RATE
-    @property
-    def cpu_batch_seconds(self) -> float | None:  # batched CPU inference when small
-        return small_model_cpu_batch(self)
 
     def __init__(self, encoder: KWSStudent, name: str = "kws_student"):
         super().__init__(encoder, name)

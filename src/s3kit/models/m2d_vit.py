@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from s3kit.features import FLOAT32_EPS, LogMel
-from s3kit.upstream.base import Hidden, Upstream, full_lengths, small_model_cpu_batch
+from s3kit.upstream.base import Hidden, SmallModelBatching, Upstream, full_lengths
 
 SAMPLE_RATE = 16000
 MEL_HOP = 160  # 10 ms between log-mel frames (paper §4.1)
@@ -356,7 +356,7 @@ class M2DViT(nn.Module):
 # ----------------------------------------------------------------------------- upstream
 
 
-class M2DUpstream(Upstream):
+class M2DUpstream(SmallModelBatching, Upstream):
     """The trained online encoder as an upstream: waveform -> log-mel -> normalise -> chunks of
     ``input_frames`` -> ViT (no masking) -> per-layer patch tokens regrouped by time.
 
@@ -369,10 +369,6 @@ class M2DUpstream(Upstream):
     (:attr:`weighted_sum_layers` = 1..depth): the official wrapper returns no embedding-layer
     output, and the paper's SUPERB numbers are weighted sums of the transformer layers.
     """
-
-    @property
-    def cpu_batch_seconds(self) -> float | None:  # batched CPU inference when small
-        return small_model_cpu_batch(self)
 
     def __init__(self, encoder: ViTEncoder, name: str = "m2d"):
         super().__init__()

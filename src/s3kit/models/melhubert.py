@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s3kit.upstream.base import EncoderUpstream, full_lengths, small_model_cpu_batch
+from s3kit.upstream.base import EncoderUpstream, SmallModelBatching, full_lengths
 
 SAMPLE_RATE = 16000
 FBANK_WINDOW = 400  # 25 ms analysis window (Kaldi default)
@@ -276,14 +276,11 @@ def _init_bert(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-class MelHubertUpstream(EncoderUpstream):
+class MelHubertUpstream(SmallModelBatching, EncoderUpstream):
     """A MelHuBERT encoder behind the upstream protocol (20 ms frames, ``num_layers + 1`` states)."""
 
     name = "melhubert"
     frame_rate = FRAME_RATE
-    @property
-    def cpu_batch_seconds(self) -> float | None:  # batched CPU inference when small
-        return small_model_cpu_batch(self)
 
     def __init__(self, encoder: MelHubert, name: str = "melhubert"):
         super().__init__(encoder, name)

@@ -52,10 +52,14 @@ SMALL_MODEL_PARAMS = 5_000_000
 SMALL_MODEL_CPU_BATCH_SECONDS = 16.0
 
 
-def small_model_cpu_batch(model: nn.Module) -> float | None:
-    """``cpu_batch_seconds`` of an s3kit fbank / log-mel encoder: 16 s under 5 M parameters, else None."""
-    small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
-    return SMALL_MODEL_CPU_BATCH_SECONDS if small else None
+class SmallModelBatching:
+    """Mixin for s3kit's fbank / log-mel upstreams: ``cpu_batch_seconds`` is 16 s under 5 M
+    parameters, else None (one utterance at a time, the base class's default)."""
+
+    @property
+    def cpu_batch_seconds(self) -> float | None:
+        small = sum(p.numel() for p in self.parameters()) < SMALL_MODEL_PARAMS
+        return SMALL_MODEL_CPU_BATCH_SECONDS if small else None
 
 
 class Upstream(nn.Module, abc.ABC):
@@ -70,7 +74,7 @@ class Upstream(nn.Module, abc.ABC):
     frame_rate: float = 50.0
     hidden_sizes: list[int]
     # seconds of audio per batch for inference on CPU (None: one utterance at a time; see
-    # s3kit.data.loader.inference_plan); s3kit's fbank / log-mel models: small_model_cpu_batch
+    # s3kit.data.loader.inference_plan); s3kit's fbank / log-mel models: SmallModelBatching
     cpu_batch_seconds: float | None = None
 
     @property
